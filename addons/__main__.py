@@ -1,0 +1,73 @@
+"""Entry point: `python -m addons dump|web [MITM OPTIONS]` and `python -m addons check PROFILE`.
+
+`dump` and `web` are mitmdump and mitmweb with the ambassador's addons registered before
+the command line is parsed, so `--set ambassador_profile=...` is a real, validated option,
+the listener defaults to loopback, and a broken profile stops start-up with exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_BAD_PROFILE = 2
+
+
+def check(argv: list[str]) -> int:
+    from .ambassador import PROFILES_DIR
+    from .profile import ProfileError, load_profile, resolve_profile_name
+
+    if len(argv) != 1:
+        print("usage: run.sh check PROFILE", file=sys.stderr)
+        return EXIT_BAD_PROFILE
+    try:
+        load_profile(resolve_profile_name(argv[0], PROFILES_DIR))
+    except ProfileError as e:
+        print(e, file=sys.stderr)
+        return EXIT_BAD_PROFILE
+    print("ok")
+    return 0
+
+
+def serve(tool: str, argv: list[str]) -> int:
+    from mitmproxy.tools import cmdline, main
+
+    from .ambassador import make_addons
+
+    if tool == "web":
+        from mitmproxy.tools.web.master import WebMaster as Base
+
+        make_parser = cmdline.mitmweb
+    else:
+        from mitmproxy.tools.dump import DumpMaster as Base
+
+        make_parser = cmdline.mitmdump
+
+    ambassador = make_addons()
+
+    class AmbassadorMaster(Base):
+        def __init__(self, options, **kwargs):
+            super().__init__(options, **kwargs)
+            self.addons.add(*ambassador)
+            # Defaults for a sidecar: loopback only; a dead upstream must still reach our hooks.
+            options.update(listen_host="127.0.0.1", connection_strategy="lazy")
+
+    sys.argv[0] = "ambassador"
+    try:
+        main.run(AmbassadorMaster, make_parser, argv)
+    except SystemExit as e:
+        if e.code and ambassador[0].refused_at_startup:
+            return EXIT_BAD_PROFILE  # the profile was refused at start-up; mitmproxy printed why
+        raise
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    commands = {"check": check, "dump": lambda a: serve("dump", a), "web": lambda a: serve("web", a)}
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m addons {{{'|'.join(commands)}}} ...", file=sys.stderr)
+        return EXIT_BAD_PROFILE
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,261 @@
+"""The mitmproxy addons: thin hooks around the plain-Python gateway.
+
+Order matters: `AdminEndpoints` answers `/_ambassador/...`, `Router` matches every other flow
+to an upstream (or refuses it), `Forwarder` performs the exchange through that upstream's
+service. Every flow gets a response from one of them, so mitmproxy itself never opens an
+upstream connection: the ambassador cannot be used as an open proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import weakref
+from pathlib import Path
+
+from mitmproxy import command, ctx, exceptions, http
+from multidict import CIMultiDict
+
+from .errors import AmbassadorError
+from .exchange import UpstreamRequest, UpstreamResponse, end_to_end
+from .gateway import Gateway
+from .profile import ADMIN_PREFIX, ProfileError, duration, load_profile, resolve_profile_name
+from .routing import Route
+from .service import UpstreamService
+
+log = logging.getLogger("ambassador")
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = ROOT / "profiles"
+DEFAULT_PROFILE = PROFILES_DIR / "default.yaml"
+WATCH_INTERVAL = 1.0
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+class ProfileManager:
+    """Holds the running gateway; loads, swaps and watches the profile."""
+
+    def __init__(self) -> None:
+        self.gateway: Gateway | None = None
+        self.loaded_signature: tuple[int, int] | None = None
+        self.refused_signature: tuple[int, int] | None = None
+        self.watcher: asyncio.Task | None = None
+        self.refused_at_startup = False
+
+    def load(self, loader):
+        loader.add_option(
+            "ambassador_profile",
+            str,
+            str(DEFAULT_PROFILE),
+            "The ambassador's profile: a YAML file, or a name under profiles/ (prod -> profiles/prod.yaml).",
+        )
+
+    def configure(self, updated):
+        if "ambassador_profile" not in updated or self.refused_at_startup:
+            return  # after a refusal at start-up, mitmproxy rolls the option back while exiting
+        path = resolve_profile_name(ctx.options.ambassador_profile, PROFILES_DIR).resolve()
+        if self.gateway and path == self.gateway.profile.path and _signature(path) == self.loaded_signature:
+            return  # unchanged, e.g. the option being rolled back after a refused swap
+        try:
+            self.swap(path)
+        except ProfileError as e:
+            if not self.gateway:
+                self.refused_at_startup = True
+                raise exceptions.OptionsError(str(e)) from None
+            raise exceptions.OptionsError(f"profile refused, keeping the running one:\n{e}") from None
+
+    def swap(self, path: Path) -> None:
+        """Load `path` and make it the running profile; raises ProfileError and keeps the old one."""
+        signature = _signature(path)
+        previous = self.gateway
+        gateway = Gateway(load_profile(path), previous)
+        self.gateway = gateway
+        self.loaded_signature = signature
+        self.refused_signature = None
+        if previous:
+            gateway.retire_replaced(previous)
+            log.warning("profile %s loaded", path)
+        else:
+            log.info("profile %s loaded", path)
+
+    def running(self):
+        self.watcher = asyncio.get_running_loop().create_task(self.watch())
+
+    def done(self):
+        if self.watcher:
+            self.watcher.cancel()
+
+    async def watch(self) -> None:
+        """Pick up edits of the loaded profile file by itself."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if not self.gateway:
+                continue
+            signature = _signature(self.gateway.profile.path)
+            if signature in (self.loaded_signature, self.refused_signature) or signature is None:
+                continue
+            try:
+                self.swap(self.gateway.profile.path)
+            except ProfileError as e:
+                self.refused_signature = signature
+                log.warning("profile refused, keeping the running one:\n%s", e)
+
+    @command.command("ambassador.reload")
+    def reload(self) -> None:
+        """Reload the running profile from its file."""
+        assert self.gateway
+        try:
+            self.swap(self.gateway.profile.path)
+        except ProfileError as e:
+            log.warning("profile refused, keeping the running one:\n%s", e)
+            raise exceptions.CommandError(str(e)) from None
+
+    @command.command("ambassador.profile")
+    def profile(self, path: str) -> None:
+        """Switch to another profile (a YAML path or a name under profiles/)."""
+        try:
+            ctx.options.update(ambassador_profile=path)
+        except exceptions.OptionsError as e:
+            raise exceptions.CommandError(str(e)) from None
+
+
+def json_response(status: int, payload, headers: dict[str, str] | None = None) -> http.Response:
+    return http.Response.make(status, json.dumps(payload, indent=1).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+
+def error_response(error: AmbassadorError) -> http.Response:
+    response = http.Response.make(error.status, error.body(), {"Content-Type": "application/json", **error.headers})
+    if error.upstream:
+        response.headers["X-Ambassador-Upstream"] = error.upstream
+    return response
+
+
+class AdminEndpoints:
+    """`/_ambassador/...` belongs to the ambassador on every listener."""
+
+    def __init__(self, manager: ProfileManager):
+        self.manager = manager
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        path = flow.request.path.split("?", 1)[0]
+        if path != ADMIN_PREFIX and not path.startswith(ADMIN_PREFIX + "/"):
+            return
+        gateway = self.manager.gateway
+        if path == f"{ADMIN_PREFIX}/status" and flow.request.method in ("GET", "HEAD"):
+            flow.response = json_response(200, gateway.status())
+        elif path == f"{ADMIN_PREFIX}/status":
+            flow.response = error_response(AmbassadorError("bad_request", f"{path} answers GET only"))
+        else:
+            flow.response = error_response(AmbassadorError("no_route", f"no admin endpoint {path}"))
+
+
+# The route and service a flow was matched to, for the Forwarder; kept off flow.metadata
+# because metadata is written to flow files and must stay serialisable.
+_attached: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[UpstreamService, Route]] = weakref.WeakKeyDictionary()
+
+
+class Router:
+    """Matches a flow to its upstream by `match.host` (proxy requests) or `match.path_prefix`."""
+
+    def __init__(self, manager: ProfileManager):
+        self.manager = manager
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        gateway = self.manager.gateway
+        if not gateway.routes.for_host(flow.request.host, flow.request.port):
+            flow.response = error_response(
+                AmbassadorError("not_allowed", f"no upstream matches {flow.request.host}:{flow.request.port}; the ambassador is not an open proxy")
+            )
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        gateway = self.manager.gateway
+        request = flow.request
+        try:
+            upstream = gateway.routes.for_host(request.host, request.port)
+            if upstream:
+                route = gateway.routes.for_proxy(upstream, request.path)
+            elif request.port == flow.client_conn.sockname[1]:
+                # Addressed to the ambassador itself (origin-form, or absolute-form naming our port).
+                route = gateway.routes.for_path(request.path)
+            else:
+                raise AmbassadorError(
+                    "not_allowed", f"no upstream matches {request.host}:{request.port}; the ambassador is not an open proxy"
+                )
+        except AmbassadorError as e:
+            flow.response = error_response(e)
+            return
+        _attached[flow] = (gateway.services[route.upstream.name], route)
+        flow.metadata["ambassador"] = {"upstream": route.upstream.name, "upstream_url": str(route.upstream.url.origin + route.path)}
+
+
+class Forwarder:
+    """Performs the exchange with the matched upstream and hands mitmproxy the answer."""
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        attached = _attached.pop(flow, None)
+        if attached is None:
+            return
+        service, route = attached
+        try:
+            upstream_request = to_upstream_request(flow, route)
+            answer = await service.handle(upstream_request)
+        except AmbassadorError as e:
+            e.upstream = e.upstream or service.upstream.name
+            flow.response = error_response(e)
+            return
+        flow.response = to_mitm_response(answer, flow.request.http_version, service.upstream.name)
+
+
+def to_upstream_request(flow: http.HTTPFlow, route: Route) -> UpstreamRequest:
+    headers = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in flow.request.headers.fields)
+    timeout = None
+    if "X-Ambassador-Timeout" in headers:
+        try:
+            timeout = duration(headers["X-Ambassador-Timeout"])
+        except ValueError:
+            raise AmbassadorError("bad_request", "X-Ambassador-Timeout must be a duration like 2s or 500ms", route.upstream.name) from None
+    ambassador_headers = [k for k in headers if k.lower().startswith("x-ambassador-")]
+    return UpstreamRequest(
+        method=flow.request.method,
+        path=route.path,
+        headers=end_to_end(headers, "host", "content-length", *ambassador_headers),
+        body=flow.request.raw_content or b"",
+        timeout=timeout,
+    )
+
+
+def to_mitm_response(answer: UpstreamResponse, http_version: str, upstream_name: str) -> http.Response:
+    now = time.time()
+    response = http.Response(
+        http_version=http_version.encode(),
+        status_code=answer.status,
+        reason=answer.reason.encode("latin-1", "replace"),
+        headers=http.Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]),
+        content=answer.body,
+        trailers=None,
+        timestamp_start=now,
+        timestamp_end=now,
+    )
+    response.headers["X-Ambassador-Upstream"] = upstream_name
+    return response
+
+
+def make_addons() -> list:
+    manager = ProfileManager()
+    return [manager, AdminEndpoints(manager), Router(manager), Forwarder()]

@@ -1,0 +1,34 @@
+"""The ambassador's own answers: one exception type carrying the SPEC's reason codes."""
+
+from __future__ import annotations
+
+import json
+
+STATUS_BY_REASON = {
+    "no_route": 404,
+    "not_allowed": 403,
+    "circuit_open": 503,
+    "timeout": 504,
+    "connect_error": 502,
+    "auth_failed": 502,
+    "bad_request": 400,
+    "not_recorded": 502,
+    "not_found": 404,
+    "only_if_cached": 504,
+    "upstream_error": 502,
+}
+
+
+class AmbassadorError(Exception):
+    """A request the ambassador answers itself, with `{"error", "reason", "upstream"}` JSON."""
+
+    def __init__(self, reason: str, message: str, upstream: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.upstream = upstream
+        self.status = STATUS_BY_REASON[reason]
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return json.dumps({"error": self.message, "reason": self.reason, "upstream": self.upstream}).encode()

@@ -1,0 +1,56 @@
+"""One request to one upstream and its answer, independent of mitmproxy flows.
+
+Direct requests, aggregate parts, batch items and async jobs all become an
+`UpstreamRequest` and go through the same `UpstreamService` of their upstream.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from multidict import CIMultiDict
+
+# RFC 9110 section 7.6.1: meant for one connection only, never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+def end_to_end(headers: CIMultiDict[str], *also_drop: str) -> CIMultiDict[str]:
+    """The headers without hop-by-hop fields, those named in Connection, and `also_drop`."""
+    drop = set(HOP_BY_HOP) | {name.lower() for name in also_drop}
+    for value in headers.getall("connection", []):
+        drop.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+@dataclass
+class UpstreamRequest:
+    method: str
+    path: str  # path and query at the upstream, its base path included
+    headers: CIMultiDict[str]  # end-to-end headers only; Host and Content-Length are the transport's
+    body: bytes = b""
+    timeout: float | None = None  # shortens the upstream's own timeout, never lengthens it
+    started: float = field(default_factory=time.monotonic)
+    # What the ambassador did (attempts, cache result...), for headers, logs and mitmweb.
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UpstreamResponse:
+    status: int
+    reason: str
+    headers: CIMultiDict[str]
+    body: bytes = b""

@@ -1,0 +1,46 @@
+"""The running configuration: one profile, its routes and its upstream services."""
+
+from __future__ import annotations
+
+import ssl
+
+from .profile import Profile, ProfileError
+from .routing import RouteTable
+from .service import UpstreamService, UpstreamStats
+
+
+class Gateway:
+    def __init__(self, profile: Profile, previous: Gateway | None = None):
+        self.profile = profile
+        self.routes = RouteTable(profile)
+        self.stats: dict[str, UpstreamStats] = previous.stats if previous else {}
+        self.services: dict[str, UpstreamService] = {}
+        kept = previous.services if previous else {}
+        for name, upstream in profile.upstreams.items():
+            old = kept.get(name)
+            if old is not None and old.upstream == upstream:
+                # Unchanged upstream: keep its connections and state across the swap.
+                self.services[name] = old
+                continue
+            try:
+                self.services[name] = UpstreamService(upstream, self.stats.setdefault(name, UpstreamStats()))
+            except (ssl.SSLError, OSError) as e:
+                raise ProfileError(str(profile.path), [(f"upstreams.{name}.tls", f"cannot use the certificates: {e}")]) from None
+
+    def retire_replaced(self, previous: Gateway) -> None:
+        for service in previous.services.values():
+            if self.services.get(service.upstream.name) is not service:
+                service.retire()
+
+    def status(self) -> dict:
+        return {
+            "profile": str(self.profile.path),
+            "upstreams": {
+                name: {
+                    "url": str(service.upstream.url),
+                    "match": {k: v for k, v in vars(service.upstream.match).items() if v is not None},
+                    **service.stats.as_dict(),
+                }
+                for name, service in self.services.items()
+            },
+        }

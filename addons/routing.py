@@ -1,0 +1,66 @@
+"""Which upstream a request belongs to, and the path it has there. Plain Python, no flows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from .errors import AmbassadorError
+from .profile import Profile, Upstream
+
+
+@dataclass(frozen=True)
+class Route:
+    upstream: Upstream
+    path: str  # path and query to request at the upstream, base path included
+
+
+def join_path(base_path: str, rest: str) -> str:
+    """Append `rest` (path, maybe with a query, maybe empty) to an upstream's base path."""
+    if not rest or rest[0] == "?":
+        return (base_path or "/") + rest
+    return base_path + rest
+
+
+def check_no_dot_segments(path: str) -> None:
+    """Refuse paths that could climb out of a prefix once the upstream decodes them."""
+    only_path = path.split("?", 1)[0]
+    decoded = unquote(unquote(only_path))
+    if any(segment in (".", "..") for segment in decoded.replace("\\", "/").split("/")):
+        raise AmbassadorError("bad_request", "path contains '.' or '..' segments")
+
+
+class RouteTable:
+    def __init__(self, profile: Profile):
+        self.by_host: dict[str, Upstream] = {}
+        prefixed: list[tuple[str, Upstream]] = []
+        for upstream in profile.upstreams.values():
+            if upstream.match.host:
+                self.by_host[upstream.match.host] = upstream
+            if upstream.match.path_prefix:
+                prefixed.append((upstream.match.path_prefix, upstream))
+        # Longest prefix first, so the most specific route wins.
+        self.by_prefix = sorted(prefixed, key=lambda item: len(item[0]), reverse=True)
+
+    def for_host(self, host: str, port: int) -> Upstream | None:
+        """The upstream whose `match.host` names this host (with this port, if it names one)."""
+        host = host.lower().rstrip(".")
+        return self.by_host.get(f"{host}:{port}") or self.by_host.get(host)
+
+    def for_path(self, path: str) -> Route:
+        """Route a request addressed to the ambassador itself by its path prefix."""
+        check_no_dot_segments(path)
+        only_path, sep, query = path.partition("?")
+        for prefix, upstream in self.by_prefix:
+            if prefix == "/" or only_path == prefix or only_path.startswith(prefix + "/"):
+                rest = only_path[len(prefix):] if prefix != "/" else only_path
+                if sep:
+                    rest += "?" + query
+                return Route(upstream, join_path(upstream.url.base_path, rest))
+        raise AmbassadorError("no_route", f"no upstream serves {only_path}")
+
+    def for_proxy(self, upstream: Upstream, path: str) -> Route:
+        """Route a request sent through the ambassador as an HTTP proxy to a matched host."""
+        check_no_dot_segments(path)
+        rest = path[1:] if path == "/" or path.startswith("/?") else path
+        return Route(upstream, join_path(upstream.url.base_path, rest))

@@ -1,0 +1,88 @@
+"""An upstream as the rest of the ambassador sees it: its policies in front of its transport.
+
+Each policy of an upstream's profile section (auth, cache, breaker, retry...) is a stage:
+`async def __call__(request, call_next) -> UpstreamResponse`. The service chains the stages its
+profile selects, so every caller (direct requests, aggregates, batch, async jobs) gets the same
+behaviour from one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Protocol
+
+from .errors import AmbassadorError
+from .exchange import UpstreamRequest, UpstreamResponse
+from .profile import Upstream
+from .transport import Transport
+
+Handler = Callable[[UpstreamRequest], Awaitable[UpstreamResponse]]
+
+
+class Stage(Protocol):
+    async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse: ...
+
+
+@dataclass
+class UpstreamStats:
+    """Counters kept across profile swaps, keyed by upstream name."""
+
+    responses: Counter = field(default_factory=Counter)  # by status code
+    errors: Counter = field(default_factory=Counter)  # the ambassador's own answers, by reason
+
+    def as_dict(self) -> dict:
+        return {
+            "responses": {str(k): v for k, v in sorted(self.responses.items())},
+            "errors": dict(sorted(self.errors.items())),
+        }
+
+
+class UpstreamService:
+    def __init__(self, upstream: Upstream, stats: UpstreamStats, stages: list[Stage] = ()):
+        self.upstream = upstream
+        self.stats = stats
+        self.transport = Transport(upstream)
+        self.stages = list(stages)
+        self.inflight = 0
+        self.retired = False
+
+    def deadline_of(self, request: UpstreamRequest) -> float:
+        timeout = self.upstream.timeout
+        if request.timeout is not None:
+            timeout = min(timeout, request.timeout)
+        return request.started + timeout
+
+    async def send_once(self, request: UpstreamRequest) -> UpstreamResponse:
+        """One exchange with the upstream, bounded by what is left of the request's timeout."""
+        remaining = self.deadline_of(request) - time.monotonic()
+        if remaining <= 0:
+            raise AmbassadorError("timeout", f"upstream {self.upstream.name}: timeout spent before the exchange", self.upstream.name)
+        return await self.transport.send(request, remaining)
+
+    async def handle(self, request: UpstreamRequest) -> UpstreamResponse:
+        self.inflight += 1
+        try:
+            response = await self._run(0, request)
+        except AmbassadorError as e:
+            self.stats.errors[e.reason] += 1
+            raise
+        finally:
+            self.inflight -= 1
+            if self.retired and self.inflight == 0:
+                await self.transport.close()
+        self.stats.responses[response.status] += 1
+        return response
+
+    def _run(self, index: int, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
+        if index == len(self.stages):
+            return self.send_once(request)
+        return self.stages[index](request, lambda r: self._run(index + 1, r))
+
+    def retire(self) -> None:
+        """A new profile replaced this service: close its connections once in-flight requests end."""
+        self.retired = True
+        if self.inflight == 0:
+            asyncio.get_running_loop().create_task(self.transport.close())

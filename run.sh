@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# mitm-ambassador: set up and run. See README.md.
+#   ./run.sh [PROFILE] [MITM OPTIONS...]           run under mitmdump
+#   ./run.sh web [PROFILE] [MITM OPTIONS...]       run under mitmweb
+#   ./run.sh record FILE [PROFILE] [MITM OPTIONS...]
+#   ./run.sh replay FILE [PROFILE] [MITM OPTIONS...]
+#   ./run.sh check PROFILE
+#   ./run.sh test [PYTEST ARGS...]
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+VENV="$ROOT/.venv"
+STAMP="$VENV/.ambassador-stamp"
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+python_ok() { # a Python >= 3.12 that actually runs (pyenv shims fail without PYENV_VERSION)
+    "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1
+}
+
+find_python() {
+    local candidate root
+    for candidate in "${PYTHON:-}" python3.13 python3.12 python3; do
+        [[ -n "$candidate" ]] && command -v "$candidate" >/dev/null 2>&1 && python_ok "$candidate" && { command -v "$candidate"; return; }
+    done
+    root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+    for candidate in $(ls -d "$root"/versions/3.1[2-9]*/bin/python3 /usr/local/bin/python3.1[2-9] 2>/dev/null | sort -rV); do
+        python_ok "$candidate" && { echo "$candidate"; return; }
+    done
+    die "no Python >= 3.12 found. Install one (e.g. 'apt-get install python3.12 python3.12-venv', or 'pyenv install 3.12') or point PYTHON at it: PYTHON=/path/to/python3.12 ./run.sh"
+}
+
+ensure_venv() { # create or refresh .venv when pyproject.toml changes
+    local want
+    want=$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+    if [[ -x "$VENV/bin/python" ]] && python_ok "$VENV/bin/python" && [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
+        return
+    fi
+    if ! [[ -x "$VENV/bin/python" ]] || ! python_ok "$VENV/bin/python"; then
+        local python
+        python=$(find_python)
+        echo "run.sh: creating $VENV with $python" >&2
+        rm -rf "$VENV"
+        "$python" -m venv "$VENV" || die "could not create the virtual environment (on Debian: apt-get install python3-venv)"
+    fi
+    echo "run.sh: installing dependencies from pyproject.toml" >&2
+    mapfile -t deps < <("$VENV/bin/python" - "$ROOT/pyproject.toml" <<'EOF'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["test"]))
+EOF
+)
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${deps[@]}" 2>&1 \
+        | grep -v "^WARNING: Location .* is ignored" >&2 || true
+    "$VENV/bin/python" -c 'import mitmproxy, aiohttp, yaml, pytest' 2>/dev/null \
+        || die "installing dependencies failed (see above)"
+    echo "$want" > "$STAMP"
+}
+
+profile_arg() { # PROFILE is the first argument unless it is a mitmproxy option
+    if [[ $# -gt 0 && "$1" != -* ]]; then echo "$1"; else echo "default"; fi
+}
+
+is_default_profile() {
+    [[ "$("$VENV/bin/python" -c 'import sys; from pathlib import Path; from addons.profile import resolve_profile_name; print(resolve_profile_name(sys.argv[1], Path(sys.argv[2])).resolve())' "$1" "$ROOT/profiles")" \
+        == "$ROOT/profiles/default.yaml" ]]
+}
+
+serve() { # serve dump|web PROFILE [OPTIONS...]
+    local tool=$1 profile=$2
+    shift 2
+    local args=(-m addons "$tool" --set "ambassador_profile=$profile" "$@")
+    if [[ "${AMBASSADOR_NO_DEMO:-}" != 1 ]] && is_default_profile "$profile"; then
+        # The default profile fronts the bundled demo legacy service: start it alongside.
+        "$VENV/bin/python" -m demo.legacy_service --port "${DEMO_PORT:-8081}" &
+        local demo=$!
+        trap 'kill "$demo" 2>/dev/null || true' EXIT
+        "$VENV/bin/python" "${args[@]}" &
+        local ambassador=$!
+        trap 'kill -TERM "$ambassador" 2>/dev/null || true' INT TERM
+        local status=0
+        wait "$ambassador" || status=$?
+        wait "$ambassador" 2>/dev/null || true  # wait returns early when a trap ran
+        exit "$status"
+    fi
+    exec "$VENV/bin/python" "${args[@]}"
+}
+
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+ensure_venv
+
+command=${1:-}
+case "$command" in
+    test)
+        shift
+        cd "$ROOT"
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    check)
+        [[ $# -eq 2 ]] || die "usage: ./run.sh check PROFILE"
+        exec "$VENV/bin/python" -m addons check "$2"
+        ;;
+    web)
+        shift
+        profile=$(profile_arg "$@"); [[ $# -gt 0 && "$1" != -* ]] && shift
+        serve web "$profile" "$@"
+        ;;
+    record)
+        [[ $# -ge 2 ]] || die "usage: ./run.sh record FILE [PROFILE] [MITM OPTIONS...]"
+        file=$2; shift 2
+        profile=$(profile_arg "$@"); [[ $# -gt 0 && "$1" != -* ]] && shift
+        serve dump "$profile" --save-stream-file "$file" "$@"
+        ;;
+    replay)
+        [[ $# -ge 2 ]] || die "usage: ./run.sh replay FILE [PROFILE] [MITM OPTIONS...]"
+        file=$2; shift 2
+        [[ -f "$file" ]] || die "no recording at $file (make one with ./run.sh record $file)"
+        profile=$(profile_arg "$@"); [[ $# -gt 0 && "$1" != -* ]] && shift
+        AMBASSADOR_NO_DEMO=1 serve dump "$profile" --server-replay "$file" \
+            --set server_replay_reuse=true --set server_replay_ignore_host=true \
+            --set server_replay_ignore_port=true "$@"
+        ;;
+    *)
+        profile=$(profile_arg "$@"); [[ $# -gt 0 && "$1" != -* ]] && shift
+        serve dump "$profile" "$@"
+        ;;
+esac
