@@ -212,14 +212,29 @@ class Forwarder:
         if attached is None:
             return
         service, route = attached
+        upstream_request = None
         try:
             upstream_request = to_upstream_request(flow, route)
             answer = await service.handle(upstream_request)
         except AmbassadorError as e:
             e.upstream = e.upstream or service.upstream.name
             flow.response = error_response(e)
-            return
-        flow.response = to_mitm_response(answer, flow.request.http_version, service.upstream.name)
+        else:
+            flow.response = to_mitm_response(answer, flow.request.http_version, service.upstream.name)
+        if upstream_request is not None:
+            record_notes(flow, upstream_request)
+
+
+def record_notes(flow: http.HTTPFlow, request: UpstreamRequest) -> None:
+    """Keep what the stages did on the flow, where flow files, logs and mitmweb can see it.
+
+    `shown_headers` replace the client's request headers of the same name with the
+    (redacted) values the stages sent upstream, so that no secret reaches a flow file.
+    """
+    notes = dict(request.notes)
+    for name, value in notes.pop("shown_headers", {}).items():
+        flow.request.headers[name] = value
+    flow.metadata["ambassador"].update(notes)
 
 
 def to_upstream_request(flow: http.HTTPFlow, route: Route) -> UpstreamRequest:

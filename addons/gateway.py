@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 
+from .pipeline import build_stages
 from .profile import Profile, ProfileError
 from .routing import RouteTable
 from .service import UpstreamService, UpstreamStats
@@ -23,7 +24,9 @@ class Gateway:
                 self.services[name] = old
                 continue
             try:
-                self.services[name] = UpstreamService(upstream, self.stats.setdefault(name, UpstreamStats()))
+                self.services[name] = UpstreamService(
+                    upstream, self.stats.setdefault(name, UpstreamStats()), build_stages(upstream, self)
+                )
             except (ssl.SSLError, OSError) as e:
                 raise ProfileError(str(profile.path), [(f"upstreams.{name}.tls", f"cannot use the certificates: {e}")]) from None
 

@@ -1,0 +1,233 @@
+"""Real parts for end-to-end tests: the ambassador started through ./run.sh, and scripted
+HTTP upstreams on 127.0.0.1.
+
+    with FakeUpstream(handler) as up:            # handler(req) -> Reply
+        with Ambassador(tmp_path, profile_yaml) as amb:
+            status, headers, body = amb.get("/billing/x")
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_SH = ROOT / "run.sh"
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class Received:
+    """A request as the upstream received it."""
+
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    def header_all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    delay: float = 0.0  # seconds before answering
+    close: bool = False  # drop the connection without answering
+
+    @staticmethod
+    def json(payload, status: int = 200, headers: list[tuple[str, str]] | None = None) -> "Reply":
+        return Reply(status, [("Content-Type", "application/json"), *(headers or [])], json.dumps(payload).encode())
+
+
+def echo(req: Received) -> Reply:
+    """Answer with what was received, as JSON."""
+    return Reply.json(
+        {"method": req.method, "path": req.path, "headers": req.headers, "body": req.body.decode("latin-1")}
+    )
+
+
+class FakeUpstream:
+    """A real HTTP/1.1 server on 127.0.0.1 playing a legacy or partner service."""
+
+    def __init__(self, handler: Callable[[Received], Reply] = echo):
+        self.handler = handler
+        self.received: list[Received] = []
+        self.lock = threading.Lock()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def handle_one(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                req = Received(self.command, self.path, list(self.headers.items()), body)
+                with upstream.lock:
+                    upstream.received.append(req)
+                reply = upstream.handler(req)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                if reply.close:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.send_response(reply.status)
+                names = {k.lower() for k, _ in reply.headers}
+                for k, v in reply.headers:
+                    self.send_header(k, v)
+                if "content-length" not in names and reply.status not in (204, 304) and self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                if self.command != "HEAD" and reply.status not in (204, 304):
+                    self.wfile.write(reply.body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_one
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeUpstream":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Ambassador:
+    """`./run.sh PROFILE --listen-port 0` as a subprocess, with its output collected."""
+
+    def __init__(self, tmp_path: Path, profile: str | Path, *args: str, command: tuple[str, ...] = (), env: dict | None = None):
+        self.tmp_path = tmp_path
+        if isinstance(profile, str) and "\n" in profile:
+            self.profile_path = tmp_path / f"profile-{time.monotonic_ns()}.yaml"
+            self.profile_path.write_text(profile)
+        else:
+            self.profile_path = Path(profile)
+        confdir = tmp_path / "mitmproxy-conf"
+        confdir.mkdir(exist_ok=True)
+        self.argv = [str(RUN_SH), *command, str(self.profile_path), "--listen-port", "0", "--set", f"confdir={confdir}", *args]
+        self.env = {**os.environ, **(env or {})}
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    def start(self) -> "Ambassador":
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, start_new_session=True
+        )
+        threading.Thread(target=self._collect, daemon=True).start()
+        m = self.wait_for_log(r"listening at 127\.0\.0\.1:(\d+)", timeout=START_TIMEOUT)
+        self.port = int(m.group(1))
+        return self
+
+    def _collect(self) -> None:
+        assert self.proc and self.proc.stdout
+        for line in self.proc.stdout:
+            with self.changed:
+                self.lines.append(line.rstrip("\n"))
+                self.changed.notify_all()
+        with self.changed:
+            self.changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self.changed:
+            return "\n".join(self.lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = 15.0, start: int = 0) -> re.Match:
+        """Wait until a line (from index `start` on) matches; fails if the process exits first."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for line in self.lines[start:]:
+                    if m := regex.search(line):
+                        return m
+                if self.proc.poll() is not None:
+                    self.changed.wait(0.5)  # let the collector take the last lines
+                    if any(regex.search(line) for line in self.lines[start:]):
+                        continue
+                    raise AssertionError(f"ambassador exited ({self.proc.returncode}) before /{pattern}/:\n{self.output}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no /{pattern}/ within {timeout}s:\n" + "\n".join(self.lines))
+                self.changed.wait(min(remaining, 0.2))
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> "Ambassador":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- talking to it ---------------------------------------------------------------
+
+    def request(
+        self, method: str, path: str, headers: dict | list | None = None, body: bytes | None = None, timeout: float = 30
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            items = headers.items() if isinstance(headers, dict) else (headers or [])
+            for k, v in items:
+                conn.putheader(k, v)
+            if body is not None:
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
+            resp = conn.getresponse()
+            return resp.status, resp.headers, resp.read()
+        finally:
+            conn.close()
+
+    def get(self, path: str, headers: dict | None = None, **kw) -> tuple[int, http.client.HTTPMessage, bytes]:
+        return self.request("GET", path, headers, **kw)
+
+    def get_json(self, path: str, headers: dict | None = None) -> tuple[int, dict]:
+        status, _, body = self.get(path, headers)
+        return status, json.loads(body)
+
+    def status(self) -> dict:
+        status, payload = self.get_json("/_ambassador/status")
+        assert status == 200, payload
+        return payload
+
+
+def run_sh(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(RUN_SH), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
