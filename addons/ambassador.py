@@ -161,9 +161,14 @@ class AdminEndpoints:
             flow.response = error_response(AmbassadorError("no_route", f"no admin endpoint {path}"))
 
 
-# The route and service a flow was matched to, for the Forwarder; kept off flow.metadata
-# because metadata is written to flow files and must stay serialisable.
+# The route and service a flow was matched to; kept off flow.metadata because metadata is
+# written to flow files and must stay serialisable.
 _attached: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[UpstreamService, Route]] = weakref.WeakKeyDictionary()
+
+
+def attached(flow: http.HTTPFlow) -> tuple[UpstreamService, Route] | None:
+    """The (service, route) the Router matched this flow to, until the Forwarder takes it."""
+    return _attached.get(flow)
 
 
 class Router:
@@ -272,5 +277,12 @@ def to_mitm_response(answer: UpstreamResponse, http_version: str, upstream_name:
 
 
 def make_addons() -> list:
+    """The addons in hook order. Addons answering other `/_ambassador/...` paths go before
+    AdminEndpoints; addons acting on routed flows go between Router and Forwarder."""
     manager = ProfileManager()
-    return [manager, AdminEndpoints(manager), Router(manager), Forwarder()]
+    return [
+        manager,
+        AdminEndpoints(manager),
+        Router(manager),
+        Forwarder(),
+    ]

@@ -38,12 +38,5 @@ class Gateway:
     def status(self) -> dict:
         return {
             "profile": str(self.profile.path),
-            "upstreams": {
-                name: {
-                    "url": str(service.upstream.url),
-                    "match": {k: v for k, v in vars(service.upstream.match).items() if v is not None},
-                    **service.stats.as_dict(),
-                }
-                for name, service in self.services.items()
-            },
+            "upstreams": {name: service.status() for name, service in self.services.items()},
         }

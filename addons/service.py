@@ -23,6 +23,14 @@ Handler = Callable[[UpstreamRequest], Awaitable[UpstreamResponse]]
 
 
 class Stage(Protocol):
+    """One policy of an upstream. `name` is its profile section ("auth", "cache", ...).
+
+    A stage may also define `status() -> JSON value`, shown under its name in
+    `/_ambassador/status`, and `close()` (async), called when its service is retired.
+    """
+
+    name: str
+
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse: ...
 
 
@@ -49,6 +57,15 @@ class UpstreamService:
         self.inflight = 0
         self.retired = False
 
+    def stage(self, name: str) -> Stage | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+    def status(self) -> dict:
+        report = {"url": str(self.upstream.url)}
+        report.update({s.name: s.status() for s in self.stages if hasattr(s, "status")})
+        report.update(self.stats.as_dict())
+        return report
+
     def deadline_of(self, request: UpstreamRequest) -> float:
         timeout = self.upstream.timeout
         if request.timeout is not None:
@@ -72,7 +89,7 @@ class UpstreamService:
         finally:
             self.inflight -= 1
             if self.retired and self.inflight == 0:
-                await self.transport.close()
+                await self.close()
         self.stats.responses[response.status] += 1
         return response
 
@@ -85,4 +102,10 @@ class UpstreamService:
         """A new profile replaced this service: close its connections once in-flight requests end."""
         self.retired = True
         if self.inflight == 0:
-            asyncio.get_running_loop().create_task(self.transport.close())
+            asyncio.get_running_loop().create_task(self.close())
+
+    async def close(self) -> None:
+        for stage in self.stages:
+            if hasattr(stage, "close"):
+                await stage.close()
+        await self.transport.close()

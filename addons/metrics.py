@@ -1,0 +1,43 @@
+"""Prometheus metrics, one registry for the process; labels are bounded (upstream names, not paths).
+
+Stages and addons increment these directly; `/_ambassador/metrics` renders `REGISTRY`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+REQUESTS = Counter(
+    "ambassador_requests", "Answers given to clients per upstream, by status class (2xx..5xx).",
+    ["upstream", "status_class"], registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "ambassador_request_duration_seconds", "Time from request to answer per upstream.",
+    ["upstream"], registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CACHE_RESULTS = Counter(
+    "ambassador_cache_results", "Cache outcomes per upstream (hit, miss, stale, bypass).",
+    ["upstream", "result"], registry=REGISTRY,
+)
+BREAKER_STATE = Gauge(
+    "ambassador_breaker_state", "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
+    ["upstream"], registry=REGISTRY,
+)
+BREAKER_TRANSITIONS = Counter(
+    "ambassador_breaker_transitions", "Circuit breaker state changes per upstream, by new state.",
+    ["upstream", "state"], registry=REGISTRY,
+)
+RETRIES = Counter(
+    "ambassador_retries", "Retried upstream attempts per upstream.", ["upstream"], registry=REGISTRY,
+)
+TOKEN_FETCHES = Counter(
+    "ambassador_token_fetches", "OAuth2 token fetches per upstream, by outcome (ok, failed).",
+    ["upstream", "outcome"], registry=REGISTRY,
+)
+ASYNC_JOBS = Counter(
+    "ambassador_async_jobs", "Async jobs per upstream, by event (accepted, done, failed, expired).",
+    ["upstream", "event"], registry=REGISTRY,
+)
