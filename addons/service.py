@@ -66,18 +66,27 @@ class UpstreamService:
         report.update(self.stats.as_dict())
         return report
 
-    def deadline_of(self, request: UpstreamRequest) -> float:
-        timeout = self.upstream.timeout
+    def timeout_of(self, request: UpstreamRequest) -> float:
         if request.timeout is not None:
-            timeout = min(timeout, request.timeout)
-        return request.started + timeout
+            return min(self.upstream.timeout, request.timeout)
+        return self.upstream.timeout
+
+    def deadline_of(self, request: UpstreamRequest) -> float:
+        return request.started + self.timeout_of(request)
+
+    def timeout_error(self, request: UpstreamRequest) -> AmbassadorError:
+        name = self.upstream.name
+        return AmbassadorError("timeout", f"upstream {name} did not answer within {self.timeout_of(request):g}s", name)
 
     async def send_once(self, request: UpstreamRequest) -> UpstreamResponse:
         """One exchange with the upstream, bounded by what is left of the request's timeout."""
         remaining = self.deadline_of(request) - time.monotonic()
         if remaining <= 0:
-            raise AmbassadorError("timeout", f"upstream {self.upstream.name}: timeout spent before the exchange", self.upstream.name)
-        return await self.transport.send(request, remaining)
+            raise self.timeout_error(request)
+        try:
+            return await self.transport.send(request, remaining)
+        except TimeoutError:
+            raise self.timeout_error(request) from None
 
     async def handle(self, request: UpstreamRequest) -> UpstreamResponse:
         self.inflight += 1

@@ -60,6 +60,7 @@ class Transport:
         return self._session
 
     async def send(self, request: UpstreamRequest, timeout: float) -> UpstreamResponse:
+        """Raises TimeoutError after `timeout` seconds, AmbassadorError for connection failures."""
         name = self.upstream.name
         url = URL(self.origin + request.path, encoded=True)
         try:
@@ -73,7 +74,7 @@ class Transport:
                 ) as answer:
                     body = await answer.read()
         except TimeoutError:
-            raise AmbassadorError("timeout", f"upstream {name} did not answer within {timeout:g}s", name) from None
+            raise  # an OSError too, but the caller's to report: it knows the timeout in force
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as e:
             raise AmbassadorError("connect_error", f"TLS handshake with upstream {name} failed: {_tls_reason(e)}", name) from None
         except aiohttp.ClientConnectorError as e:

@@ -52,8 +52,8 @@ class Reply:
     close: bool = False  # drop the connection without answering
 
     @staticmethod
-    def json(payload, status: int = 200, headers: list[tuple[str, str]] | None = None) -> "Reply":
-        return Reply(status, [("Content-Type", "application/json"), *(headers or [])], json.dumps(payload).encode())
+    def json(payload, status: int = 200, headers: list[tuple[str, str]] | None = None, delay: float = 0.0) -> "Reply":
+        return Reply(status, [("Content-Type", "application/json"), *(headers or [])], json.dumps(payload).encode(), delay)
 
 
 def echo(req: Received) -> Reply:
@@ -121,16 +121,20 @@ class FakeUpstream:
 class Ambassador:
     """`./run.sh PROFILE --listen-port 0` as a subprocess, with its output collected."""
 
-    def __init__(self, tmp_path: Path, profile: str | Path, *args: str, command: tuple[str, ...] = (), env: dict | None = None):
+    def __init__(self, tmp_path: Path, profile: str | Path | None, *args: str, command: tuple[str, ...] = (), env: dict | None = None):
+        """`profile`: YAML text, a path, or None for run.sh's default profile."""
         self.tmp_path = tmp_path
-        if isinstance(profile, str) and "\n" in profile:
+        if profile is None:
+            self.profile_path = None
+        elif isinstance(profile, str) and "\n" in profile:
             self.profile_path = tmp_path / f"profile-{time.monotonic_ns()}.yaml"
             self.profile_path.write_text(profile)
         else:
             self.profile_path = Path(profile)
         confdir = tmp_path / "mitmproxy-conf"
         confdir.mkdir(exist_ok=True)
-        self.argv = [str(RUN_SH), *command, str(self.profile_path), "--listen-port", "0", "--set", f"confdir={confdir}", *args]
+        profile_arg = [str(self.profile_path)] if self.profile_path else []
+        self.argv = [str(RUN_SH), *command, *profile_arg, "--listen-port", "0", "--set", f"confdir={confdir}", *args]
         self.env = {**os.environ, **(env or {})}
         self.lines: list[str] = []
         self.changed = threading.Condition()
