@@ -30,11 +30,16 @@ find_python() {
     die "no Python >= 3.12 found. Install one (e.g. 'apt-get install python3.12 python3.12-venv', or 'pyenv install 3.12') or point PYTHON at it: PYTHON=/path/to/python3.12 ./run.sh"
 }
 
+venv_current() {
+    [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(sha256sum < "$ROOT/pyproject.toml")" ]] && python_ok "$VENV/bin/python"
+}
+
 ensure_venv() { # create or refresh .venv when pyproject.toml changes
-    local want
-    want=$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
-    if [[ -x "$VENV/bin/python" ]] && python_ok "$VENV/bin/python" && [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
-        return
+    venv_current && return
+    if command -v flock >/dev/null 2>&1; then # one installer at a time; the others wait and reuse
+        exec 9>"$ROOT/.venv.lock"
+        flock 9
+        venv_current && { exec 9>&-; return; }
     fi
     if ! [[ -x "$VENV/bin/python" ]] || ! python_ok "$VENV/bin/python"; then
         local python
@@ -54,7 +59,8 @@ EOF
         | grep -v "^WARNING: Location .* is ignored" >&2 || true
     "$VENV/bin/python" -c 'import mitmproxy, aiohttp, yaml, pytest' 2>/dev/null \
         || die "installing dependencies failed (see above)"
-    echo "$want" > "$STAMP"
+    sha256sum < "$ROOT/pyproject.toml" > "$STAMP"
+    exec 9>&- 2>/dev/null || true
 }
 
 profile_arg() { # PROFILE is the first argument unless it is a mitmproxy option

@@ -276,6 +276,24 @@ def to_mitm_response(answer: UpstreamResponse, http_version: str, upstream_name:
     return response
 
 
+class NoDirectUpstream:
+    """The ambassador talks to upstreams itself; mitmproxy never connects anywhere.
+
+    Defence in depth for "never an open proxy": should a flow ever leave the hooks above
+    without an answer (a bug), it gets an error here instead of being forwarded to whatever
+    host the client named.
+    """
+
+    def server_connect(self, data) -> None:
+        data.server.error = "the ambassador does not let mitmproxy connect to upstreams"
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        log.error("no addon answered %s %s; refusing it", flow.request.method, flow.request.pretty_url)
+        flow.response = error_response(AmbassadorError("internal_error", "the ambassador could not handle this request"))
+
+
 def make_addons() -> list:
     """The addons in hook order. Addons answering other `/_ambassador/...` paths go before
     AdminEndpoints; addons acting on routed flows go between Router and Forwarder."""
@@ -285,4 +303,5 @@ def make_addons() -> list:
         AdminEndpoints(manager),
         Router(manager),
         Forwarder(),
+        NoDirectUpstream(),
     ]

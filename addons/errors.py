@@ -16,6 +16,7 @@ STATUS_BY_REASON = {
     "not_found": 404,
     "only_if_cached": 504,
     "upstream_error": 502,
+    "internal_error": 500,
 }
 
 

@@ -1,0 +1,60 @@
+"""The mitmproxy addons with mitmproxy's own test context (taddons/tflow)."""
+
+import json
+
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+from mitmproxy.test import taddons, tflow
+
+from addons.ambassador import AdminEndpoints, NoDirectUpstream, ProfileManager, Router, attached
+
+
+def profile(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("upstreams:\n  app:\n    url: http://127.0.0.1:9\n    match: {path_prefix: /app, host: app.internal}\n")
+    return path
+
+
+def test_router_attaches_the_upstream_or_answers_itself(tmp_path):
+    manager = ProfileManager()
+    router = Router(manager)
+    with taddons.context(manager, router) as tctx:
+        tctx.configure(manager, ambassador_profile=str(profile(tmp_path)))
+
+        routed = tflow.tflow()
+        routed.request.host, routed.request.port, routed.request.path = "app.internal", 80, "/v1?x=1"
+        router.request(routed)
+        service, route = attached(routed)
+        assert (service.upstream.name, route.path, routed.response) == ("app", "/v1?x=1", None)
+        assert routed.metadata["ambassador"] == {"upstream": "app", "upstream_url": "http://127.0.0.1:9/v1?x=1"}
+
+        foreign = tflow.tflow()
+        foreign.request.host, foreign.request.port = "evil.example", 80
+        router.request(foreign)
+        assert foreign.response.status_code == 403
+        assert json.loads(foreign.response.content)["reason"] == "not_allowed"
+        assert attached(foreign) is None
+
+
+def test_status_endpoint(tmp_path):
+    manager = ProfileManager()
+    admin = AdminEndpoints(manager)
+    with taddons.context(manager, admin) as tctx:
+        tctx.configure(manager, ambassador_profile=str(profile(tmp_path)))
+        flow = tflow.tflow()
+        flow.request.path = "/_ambassador/status"
+        admin.request(flow)
+        report = json.loads(flow.response.content)
+        assert report["profile"] == str(tmp_path / "p.yaml")
+        assert report["upstreams"]["app"]["url"] == "http://127.0.0.1:9"
+
+
+def test_mitmproxy_never_connects_upstream_itself():
+    guard = NoDirectUpstream()
+    data = ServerConnectionHookData(server=tflow.tserver_conn(), client=tflow.tclient_conn())
+    guard.server_connect(data)
+    assert data.server.error
+
+    unanswered = tflow.tflow()
+    guard.request(unanswered)
+    assert unanswered.response.status_code == 500
+    assert json.loads(unanswered.response.content)["reason"] == "internal_error"
