@@ -66,10 +66,11 @@ def echo(req: Received) -> Reply:
 class FakeUpstream:
     """A real HTTP/1.1 server on 127.0.0.1 playing a legacy or partner service."""
 
-    def __init__(self, handler: Callable[[Received], Reply] = echo):
+    def __init__(self, handler: Callable[[Received], Reply] = echo, port: int = 0):
         self.handler = handler
         self.received: list[Received] = []
         self.lock = threading.Lock()
+        self.connections: set[socket.socket] = set()
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -77,6 +78,16 @@ class FakeUpstream:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with upstream.lock:
+                    upstream.connections.add(self.connection)
+
+            def finish(self):
+                with upstream.lock:
+                    upstream.connections.discard(self.connection)
+                super().finish()
 
             def handle_one(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -103,7 +114,7 @@ class FakeUpstream:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_one
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -114,8 +125,15 @@ class FakeUpstream:
         return self
 
     def __exit__(self, *exc) -> None:
+        """Go away for real: stop listening and drop kept-alive connections too."""
         self.server.shutdown()
         self.server.server_close()
+        with self.lock:
+            for conn in self.connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 class Ambassador:
@@ -206,8 +224,8 @@ class Ambassador:
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            conn.putrequest(method, path, skip_accept_encoding=True)
-            items = headers.items() if isinstance(headers, dict) else (headers or [])
+            items = list(headers.items() if isinstance(headers, dict) else (headers or []))
+            conn.putrequest(method, path, skip_accept_encoding=True, skip_host=any(k.lower() == "host" for k, _ in items))
             for k, v in items:
                 conn.putheader(k, v)
             if body is not None:

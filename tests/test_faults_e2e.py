@@ -1,0 +1,192 @@
+"""Faults through the real ambassador (issue 8 point 3): every request ends with the
+upstream's answer or the SPEC's error within its timeout, and the ambassador keeps serving."""
+
+import hashlib
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from harness import Ambassador, FakeUpstream, Received, Reply
+
+BIG = 10 * 1024 * 1024
+
+
+class RawUpstream:
+    """A TCP server on 127.0.0.1 that answers every connection with `script(sock)`."""
+
+    def __init__(self, script):
+        self.script = script
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.accepted = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn):
+        with conn:
+            conn.recv(65536)
+            try:
+                self.script(conn)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+
+
+def reset_mid_body(conn):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+
+
+def truncated(conn):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\nonly this")
+
+
+def malformed(conn):
+    conn.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+
+
+def hangs(conn):
+    time.sleep(5)
+
+
+BIG_BODY = bytes(range(256)) * (BIG // 256)
+
+
+def origin(req: Received) -> Reply:
+    if req.path == "/big":
+        return Reply(200, [("Content-Type", "application/octet-stream")], BIG_BODY)
+    if req.path == "/upload":
+        return Reply.json({"sha256": hashlib.sha256(req.body).hexdigest(), "size": len(req.body)})
+    if req.path == "/slow":
+        return Reply.json({"slow": True}, delay=1.0)
+    return Reply.json({"ok": True})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    raws = {name: RawUpstream(script) for name, script in
+            {"reset": reset_mid_body, "truncated": truncated, "malformed": malformed, "hangs": hangs}.items()}
+    with FakeUpstream(origin) as good:
+        upstreams = "".join(
+            f"  {name}:\n    url: {raw.url}\n    match: {{path_prefix: /{name}}}\n    timeout: 1500ms\n"
+            for name, raw in raws.items()
+        )
+        profile = f"upstreams:\n{upstreams}  good:\n    url: {good.url}\n    match: {{path_prefix: /good}}\n    timeout: 10s\n"
+        with Ambassador(tmp_path_factory.mktemp("faults"), profile) as amb:
+            yield amb, good
+    for raw in raws.values():
+        raw.close()
+
+
+def still_serving(amb):
+    status, _, body = amb.get("/good/ping")
+    assert (status, json.loads(body)) == (200, {"ok": True})
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("reset", "connect_error"), ("truncated", "connect_error"), ("malformed", "connect_error"), ("hangs", "timeout"),
+])
+def test_broken_upstreams_get_the_spec_error_within_the_timeout(setup, name, reason):
+    amb, _ = setup
+    started = time.monotonic()
+    status, headers, body = amb.get(f"/{name}/x")
+    assert time.monotonic() - started < 4
+    payload = json.loads(body)
+    assert (payload["reason"], payload["upstream"]) == (reason, name), payload
+    assert status == (504 if reason == "timeout" else 502)
+    still_serving(amb)
+
+
+def test_ten_megabyte_bodies_both_ways(setup):
+    amb, _ = setup
+    status, _, body = amb.get("/good/big")
+    assert status == 200 and body == BIG_BODY
+    upload = bytes(reversed(BIG_BODY))
+    status, _, body = amb.request("POST", "/good/upload", {"Content-Type": "application/octet-stream"}, upload)
+    assert json.loads(body) == {"sha256": hashlib.sha256(upload).hexdigest(), "size": BIG}
+
+
+def test_client_that_disconnects_early_does_not_hurt(setup):
+    amb, good = setup
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", amb.port)) as s:
+            s.sendall(b"GET /good/slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    still_serving(amb)
+
+
+def test_slow_clients_do_not_block_others(setup):
+    amb, _ = setup
+    slow = []
+    for _ in range(50):
+        s = socket.create_connection(("127.0.0.1", amb.port))
+        s.sendall(b"GET /good/ping HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # never finishes its headers
+        slow.append(s)
+    try:
+        started = time.monotonic()
+        for _ in range(10):
+            still_serving(amb)
+        assert time.monotonic() - started < 5
+    finally:
+        for s in slow:
+            s.close()
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_malformed_http_from_a_client_gets_4xx(setup):
+    amb, _ = setup
+    answer = raw_exchange(amb.port, b"NONSENSE\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 4"), answer[:100]
+    still_serving(amb)
+
+
+def test_huge_request_headers_are_refused_not_forwarded(setup):
+    amb, good = setup
+    before = len(good.received)
+    answer = raw_exchange(amb.port, b"GET /good/ping HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Huge: " + b"a" * 2_000_000 + b"\r\n\r\n")
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:100]
+    assert len(good.received) == before
+    still_serving(amb)
+
+
+def test_upstream_that_goes_away_and_comes_back(tmp_path):
+    def handler(req):
+        return Reply.json({"ok": True})
+
+    first = FakeUpstream(handler).__enter__()
+    port = first.port
+    profile = f"upstreams:\n  app:\n    url: http://127.0.0.1:{port}\n    match: {{path_prefix: /app}}\n    timeout: 2s\n"
+    with Ambassador(tmp_path, profile) as amb:
+        assert amb.get("/app/x")[0] == 200
+        first.__exit__(None, None, None)
+        status, _, body = amb.get("/app/x")
+        assert status == 502 and json.loads(body)["reason"] == "connect_error"
+        with FakeUpstream(handler, port=port):
+            assert amb.get("/app/x")[0] == 200

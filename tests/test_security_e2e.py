@@ -1,0 +1,70 @@
+"""The ambassador is never an open proxy (issue 8 point 4): it forwards only to the profile's
+upstreams, whatever the request says, and listens on loopback unless told otherwise."""
+
+import json
+
+import pytest
+
+from harness import Ambassador, FakeUpstream, echo
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    with FakeUpstream(echo) as app, FakeUpstream(echo) as bystander:
+        profile = f"upstreams:\n  app:\n    url: {app.url}/base\n    match: {{path_prefix: /app, host: app.internal}}\n"
+        with Ambassador(tmp_path_factory.mktemp("security"), profile) as amb:
+            yield amb, app, bystander
+
+
+def refused(answer):
+    status, _, body = answer
+    return status == 403 and json.loads(body)["reason"] == "not_allowed"
+
+
+def test_absolute_form_urls_for_other_hosts_are_refused(setup):
+    amb, app, bystander = setup
+    assert refused(amb.request("GET", "http://evil.example/", {"Host": "evil.example"}))
+    # userinfo in the request target is not valid HTTP: mitmproxy itself refuses it with 400
+    assert amb.request("GET", "http://app.internal@evil.example/", {"Host": "evil.example"})[0] == 400
+    assert refused(amb.request("GET", f"http://127.0.0.1:{bystander.port}/secret", {"Host": f"127.0.0.1:{bystander.port}"}))
+    assert refused(amb.request("CONNECT", f"127.0.0.1:{bystander.port}", {"Host": f"127.0.0.1:{bystander.port}"}))
+    assert bystander.received == []
+
+
+def test_host_header_cannot_redirect_the_exchange(setup):
+    amb, app, bystander = setup
+    assert refused(amb.request("GET", "/app/x", {"Host": "evil.example"}))
+    # Naming the ambassador's own port, the request is routed by path, to the profile's url only.
+    status, _, body = amb.request("GET", "/app/x", {"Host": f"127.0.0.1:{bystander.port}"})
+    assert status == 403
+    status, _, body = amb.request("GET", "/app/x", {"Host": f"evil.example:{amb.port}"})
+    assert status == 200
+    seen = json.loads(body)
+    assert seen["path"] == "/base/x"
+    assert dict(seen["headers"])["Host"] == f"127.0.0.1:{app.port}"
+    assert bystander.received == []
+
+
+@pytest.mark.parametrize("path", [
+    "/app/../../etc/passwd", "/app/%2e%2e/%2e%2e/secret", "/app/%2E%2E%2Fsecret", "/app/..%2F..%2Fsecret",
+    "/app/%252e%252e/secret", "/app/.%2e/secret", "/app/..\\secret",
+])
+def test_encoded_paths_cannot_climb_out_of_the_prefix(setup, path):
+    amb, app, _ = setup
+    before = len(app.received)
+    status, _, body = amb.get(path)
+    assert status == 400 and json.loads(body)["reason"] == "bad_request"
+    assert len(app.received) == before
+
+
+def test_listens_on_loopback_only(setup):
+    amb, _, _ = setup
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, port = local.split(":")
+                if state == "0A" and int(port, 16) == amb.port:  # 0A: LISTEN
+                    listening.append(address)
+    assert listening == ["0100007F"]  # 127.0.0.1, and nothing on tcp6 or other addresses
