@@ -137,7 +137,7 @@ class FakeUpstream:
 
 
 class Ambassador:
-    """`./run.sh PROFILE --listen-port 0` as a subprocess, with its output collected."""
+    """`./run.sh PROFILE --listen-port PORT` as a subprocess, with its output collected."""
 
     def __init__(self, tmp_path: Path, profile: str | Path | None, *args: str, command: tuple[str, ...] = (), env: dict | None = None):
         """`profile`: YAML text, a path, or None for run.sh's default profile."""
@@ -152,21 +152,38 @@ class Ambassador:
         confdir = tmp_path / "mitmproxy-conf"
         confdir.mkdir(exist_ok=True)
         profile_arg = [str(self.profile_path)] if self.profile_path else []
-        self.argv = [str(RUN_SH), *command, *profile_arg, "--listen-port", "0", "--set", f"confdir={confdir}", *args]
+        self.port = free_port()
+        self.argv = [str(RUN_SH), *command, *profile_arg, "--listen-port", str(self.port), "--set", f"confdir={confdir}", *args]
         self.env = {**os.environ, **(env or {})}
         self.lines: list[str] = []
         self.changed = threading.Condition()
         self.proc: subprocess.Popen | None = None
-        self.port: int | None = None
 
     def start(self) -> "Ambassador":
         self.proc = subprocess.Popen(
             self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, start_new_session=True
         )
         threading.Thread(target=self._collect, daemon=True).start()
-        m = self.wait_for_log(r"listening at 127\.0\.0\.1:(\d+)", timeout=START_TIMEOUT)
-        self.port = int(m.group(1))
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.answers():  # ready once the status endpoint answers, whatever the verbosity
+            if self.proc.poll() is not None:
+                self.proc.wait()
+                time.sleep(0.2)  # let the collector take the last lines
+                raise AssertionError(f"ambassador exited ({self.proc.returncode}) during start-up:\n{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"ambassador not answering within {START_TIMEOUT}s:\n{self.output}")
+            time.sleep(0.05)
         return self
+
+    def answers(self) -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            conn.request("GET", "/_ambassador/status")
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
 
     def _collect(self) -> None:
         assert self.proc and self.proc.stdout
@@ -247,6 +264,12 @@ class Ambassador:
         status, payload = self.get_json("/_ambassador/status")
         assert status == 200, payload
         return payload
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_sh(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
