@@ -2,29 +2,80 @@
 
 Every problem is reported with the file, the key path and what is wrong, and all problems
 of a file are collected before giving up, so that one `check` run shows everything to fix.
+The keys each section allows (`SECTIONS`) and the value patterns are module constants:
+`profiles/schema.json` describes the same format for editors and tests/test_schema.py keeps
+the two in agreement.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import yaml
 
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
-DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\Z")
-SIZE_RE = re.compile(r"(\d+)\s*(B|KB|MB|GB)?\Z", re.IGNORECASE)
+# Patterns shared with profiles/schema.json (there anchored with ^...$).
+NAME_PATTERN = r"[a-z0-9][a-z0-9_-]*"
+DURATION_PATTERN = r"(\d+(?:\.\d+)?)(ms|s|m|h)?"
+SIZE_PATTERN = r"(\d+)([Bb]|[KkMmGg][Bb])?"
+SUBSTITUTION_PATTERN = r"\$\{([^}]*)\}"
+
+NAME_RE = re.compile(NAME_PATTERN + r"\Z")
+DURATION_RE = re.compile(DURATION_PATTERN)
+SIZE_RE = re.compile(SIZE_PATTERN)
+SUBSTITUTION_RE = re.compile(SUBSTITUTION_PATTERN)
+VARIABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-SUBSTITUTION_RE = re.compile(r"\$\{([^}]*)\}")
-PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE"})
 ADMIN_PREFIX = "/_ambassador"
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"  # where profile names are looked up
+AGGREGATE_ERRORS_KEY = "_errors"  # where an aggregate's answer reports failed parts
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The keys a profile section allows and the ones it requires."""
+
+    allowed: frozenset[str]
+    required: frozenset[str] = frozenset()
+
+
+def _keys(allowed: str, required: str = "") -> Keys:
+    return Keys(frozenset(allowed.split()), frozenset(required.split()))
+
+
+# Section name (as in profiles/schema.json's $defs) -> its keys.
+SECTIONS: Mapping[str, Keys] = MappingProxyType({
+    "profile": _keys("upstreams aggregates state", "upstreams"),
+    "upstream": _keys("url match timeout tls auth cache breaker retry async soap", "url match"),
+    "match": _keys("path_prefix host"),
+    "tls": _keys("verify ca client_cert client_key"),
+    "auth_bearer": _keys("type token", "type token"),
+    "auth_header": _keys("type name value", "type name value"),
+    "auth_query": _keys("type name value", "type name value"),
+    "auth_basic": _keys("type username password", "type username password"),
+    "auth_oauth2_client_credentials": _keys(
+        "type token_url client_id client_secret scope auth_style", "type token_url client_id client_secret"
+    ),
+    "cache": _keys("ttl stale_if_error max_bytes store"),
+    "breaker": _keys("fail_max reset_timeout failure_statuses half_open_max"),
+    "retry": _keys("attempts backoff statuses methods"),
+    "async": _keys("keep"),
+    "soap": _keys("namespace version", "namespace"),
+})
+AUTH_TYPES = tuple(name.removeprefix("auth_") for name in SECTIONS if name.startswith("auth_"))
+# Sections whose keys all have defaults: a bare `cache:` (YAML null) switches the feature on.
+DEFAULTED_SECTIONS = frozenset({"tls", "cache", "breaker", "retry", "async"})
 
 
 class ProfileError(Exception):
@@ -191,6 +242,10 @@ class InvalidValue(ValueError):
     """Raised by a converter; the reader records it with the key path."""
 
 
+class Substituted(str):
+    """A value made by `${...}`: settings that are not strings parse it (`fail_max: ${N:-5}`)."""
+
+
 class _Reader:
     """Walks the YAML tree, converting values and collecting problems with their key paths."""
 
@@ -201,15 +256,15 @@ class _Reader:
     def problem(self, path: str, message: str) -> None:
         self.problems.append((path, message))
 
-    def section(self, node: Any, path: str, allowed: set[str], required: set[str] = frozenset()) -> dict | None:
+    def section(self, node: Any, path: str, keys: Keys) -> dict | None:
         if not isinstance(node, dict):
             self.problem(path, f"must be a mapping, got {_describe(node)}")
             return None
         for key in node:
-            if key not in allowed:
-                hint = _closest(str(key), allowed)
+            if key not in keys.allowed:
+                hint = _closest(str(key), keys.allowed)
                 self.problem(_join(path, key), "unknown key" + (f" (did you mean '{hint}'?)" if hint else ""))
-        for key in sorted(required - node.keys()):
+        for key in sorted(keys.required - node.keys()):
             self.problem(_join(path, key), "is required")
         return node
 
@@ -218,35 +273,43 @@ class _Reader:
         if raw is _MISSING:
             return default
         try:
-            return convert(self.substitute(raw, _join(path, key)))
+            return convert(self.substitute(raw))
         except InvalidValue as e:
             self.problem(_join(path, key), str(e))
             return default
 
-    def substitute(self, raw: Any, path: str) -> Any:
+    def substitute(self, raw: Any) -> Any:
+        """`${NAME}`, `${NAME:-default}` and `${file:PATH}` in a string or a list of strings."""
+        if isinstance(raw, list):
+            return [self.substitute(item) for item in raw]
         if not isinstance(raw, str) or "${" not in raw:
             return raw
+        return Substituted(SUBSTITUTION_RE.sub(self._replace, raw))
 
-        def replace(m: re.Match) -> str:
-            expr = m.group(1)
-            if expr.startswith("file:"):
-                file = self.path(expr[len("file:"):])
-                try:
-                    return file.read_text().rstrip("\n")
-                except OSError as e:
-                    raise InvalidValue(f"cannot read {file}: {e.strerror}") from None
-            name, sep, default = expr.partition(":-")
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise InvalidValue(f"bad substitution '${{{expr}}}'")
-            if name in os.environ:
-                return os.environ[name]
-            if sep:
-                return default
-            raise InvalidValue(f"environment variable {name} is not set")
-
-        return SUBSTITUTION_RE.sub(replace, raw)
+    def _replace(self, m: re.Match) -> str:
+        expr = m.group(1)
+        if expr.startswith("file:"):
+            file = self.path(expr.removeprefix("file:"))
+            try:
+                return file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as e:
+                raise InvalidValue(f"cannot read {file}: {e.strerror}") from None
+            except UnicodeDecodeError:
+                raise InvalidValue(f"cannot read {file}: not UTF-8 text") from None
+        name, sep, default = expr.partition(":-")
+        if not VARIABLE_RE.fullmatch(name):
+            raise InvalidValue(f"bad substitution '${{{expr}}}': use ${{NAME}}, ${{NAME:-default}} or ${{file:PATH}}")
+        # As in the shell, the default also applies when the variable is set but empty.
+        if os.environ.get(name):
+            return os.environ[name]
+        if sep:
+            return default
+        if name in os.environ:
+            raise InvalidValue(f"environment variable {name} is empty")
+        raise InvalidValue(f"environment variable {name} is not set")
 
     def path(self, raw: str) -> Path:
+        """Relative paths are relative to the profile's folder."""
         return (self.folder / os.path.expanduser(raw)).resolve()
 
 
@@ -260,9 +323,12 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def _closest(key: str, allowed: set[str]) -> str | None:
-    import difflib
+def _got(value: Any) -> str:
+    """A value as a message shows it: strings as written, other things with their type."""
+    return repr(str(value)) if isinstance(value, str) else _describe(value)
 
+
+def _closest(key: str, allowed: frozenset[str]) -> str | None:
     found = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.75)
     return found[0] if found else None
 
@@ -271,52 +337,57 @@ def _closest(key: str, allowed: set[str]) -> str | None:
 
 
 def duration(value: Any) -> float:
-    if isinstance(value, bool):
-        raise InvalidValue(f"must be a duration like 250ms, 5s, 2m, 1h, got {_describe(value)}")
-    if isinstance(value, (int, float)):
+    """`250ms`, `5s`, `2m`, `1h` or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
-    else:
-        m = DURATION_RE.match(str(value).strip())
-        if not m:
-            raise InvalidValue(f"must be a duration like 250ms, 5s, 2m, 1h, got {value!r}")
+    elif isinstance(value, str) and (m := DURATION_RE.fullmatch(value)):
         seconds = float(m.group(1)) * DURATION_UNITS[m.group(2) or "s"]
-    if seconds < 0:
-        raise InvalidValue(f"must not be negative, got {value!r}")
+    else:
+        raise InvalidValue(f"must be a duration like 250ms, 5s, 2m, 1h or a number of seconds, got {_got(value)}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidValue(f"must be a duration of zero or more, got {_got(value)}")
     return seconds
 
 
 def positive_duration(value: Any) -> float:
     seconds = duration(value)
     if seconds <= 0:
-        raise InvalidValue(f"must be greater than zero, got {value!r}")
+        raise InvalidValue(f"must be greater than zero, got {_got(value)}")
     return seconds
 
 
 def size(value: Any) -> int:
-    if isinstance(value, bool):
-        raise InvalidValue(f"must be a size like 512KB, 64MB or a number of bytes, got {_describe(value)}")
-    if isinstance(value, int):
+    """`512KB`, `64MB`, `1GB` (powers of 1024) or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
         n = value
-    else:
-        m = SIZE_RE.match(str(value).strip())
-        if not m:
-            raise InvalidValue(f"must be a size like 512KB, 64MB or a number of bytes, got {value!r}")
+    elif isinstance(value, str) and (m := SIZE_RE.fullmatch(value)):
         n = int(m.group(1)) * SIZE_UNITS[(m.group(2) or "b").lower()]
+    else:
+        raise InvalidValue(f"must be a size like 512KB, 64MB or a number of bytes, got {_got(value)}")
     if n <= 0:
-        raise InvalidValue(f"must be greater than zero, got {value!r}")
+        raise InvalidValue(f"must be greater than zero, got {_got(value)}")
     return n
+
+
+def _as_integer(value: Any) -> int | None:
+    if isinstance(value, Substituted) and value.isascii() and value.isdigit():
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
 
 
 def integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     def convert(value: Any) -> int:
-        if isinstance(value, str) and value.strip().isdigit():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidValue(f"must be an integer, got {_describe(value)}")
-        if value < minimum or (maximum is not None and value > maximum):
+        number = _as_integer(value)
+        if number is None:
+            raise InvalidValue(f"must be an integer, got {_got(value)}")
+        if number < minimum or (maximum is not None and number > maximum):
             bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-            raise InvalidValue(f"must be an integer {bound}, got {value}")
-        return value
+            raise InvalidValue(f"must be an integer {bound}, got {number}")
+        return number
 
     return convert
 
@@ -324,52 +395,80 @@ def integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
 def boolean(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
+    if isinstance(value, Substituted) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise InvalidValue(f"must be true or false, got {_describe(value)}")
+    raise InvalidValue(f"must be true or false, got {_got(value)}")
 
 
 def text(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InvalidValue(f"must be a string, got {_describe(value)}")
-    if str(value) == "":
+    if not isinstance(value, str):
+        # Only the type: the value may be a secret (`token: 12345678`).
+        got = "nothing" if value is None else type(value).__name__
+        hint = " (quote it to keep it as written)" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+        raise InvalidValue(f"must be a string, got {got}{hint}")
+    if value == "":
         raise InvalidValue("must not be empty")
     return str(value)
 
 
+def header_name(value: Any) -> str:
+    name = text(value)
+    if not HEADER_NAME_RE.fullmatch(name):
+        raise InvalidValue(f"must be an HTTP header name (letters, digits, '-' and the like), got {name!r}")
+    return name
+
+
+def header_value(value: Any) -> str:
+    """A value that goes into a request header: a line break there would forge headers."""
+    value = text(value)
+    if any(c in value for c in "\r\n\0"):
+        raise InvalidValue("must not contain line breaks or NUL characters")
+    return value
+
+
+def basic_username(value: Any) -> str:
+    username = header_value(value)
+    if ":" in username:
+        raise InvalidValue("must not contain ':' (RFC 7617)")
+    return username
+
+
 def choice(*options: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
-        if str(value) not in options:
-            raise InvalidValue(f"must be one of {', '.join(options)}, got {value!r}")
+        # str(): YAML reads `version: 1.2` as a number.
+        if isinstance(value, bool) or str(value) not in options:
+            raise InvalidValue(f"must be one of {', '.join(options)}, got {_got(value)}")
         return str(value)
 
     return convert
 
 
 def status_list(value: Any) -> frozenset[int]:
-    if not isinstance(value, list) or not value:
-        raise InvalidValue(f"must be a non-empty list of HTTP status codes, got {_describe(value)}")
+    """HTTP status codes; an empty list is allowed (then only errors and timeouts count)."""
+    if not isinstance(value, list):
+        raise InvalidValue(f"must be a list of HTTP status codes, got {_describe(value)}")
     statuses = set()
     for item in value:
-        if isinstance(item, bool) or not isinstance(item, int) or not 100 <= item <= 599:
-            raise InvalidValue(f"must list HTTP status codes (100-599), got {item!r}")
-        statuses.add(item)
+        status = _as_integer(item)
+        if status is None or not 100 <= status <= 599:
+            raise InvalidValue(f"must list HTTP status codes (100-599), got {_got(item)}")
+        statuses.add(status)
     return frozenset(statuses)
 
 
 def method_list(value: Any) -> frozenset[str]:
     if not isinstance(value, list) or not value:
         raise InvalidValue(f"must be a non-empty list of HTTP methods, got {_describe(value)}")
-    methods = set()
     for item in value:
-        if not isinstance(item, str) or item.upper() not in HTTP_METHODS:
-            raise InvalidValue(f"must list HTTP methods ({', '.join(sorted(HTTP_METHODS))}), got {item!r}")
-        methods.add(item.upper())
-    return frozenset(methods)
+        if item not in HTTP_METHODS:  # methods are case-sensitive (RFC 9110 section 9.1)
+            raise InvalidValue(f"must list HTTP methods ({', '.join(sorted(HTTP_METHODS))}), got {_got(item)}")
+    return frozenset(str(item) for item in value)
 
 
 def upstream_url(value: Any) -> UpstreamURL:
     raw = text(value)
+    if any(c.isspace() for c in raw):
+        raise InvalidValue(f"must not contain spaces, got {raw!r}")
     try:
         parts = urlsplit(raw)
         port = parts.port
@@ -377,10 +476,12 @@ def upstream_url(value: Any) -> UpstreamURL:
         raise InvalidValue(f"is not a valid URL ({e}): {raw!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidValue(f"must be an http:// or https:// URL with a host, got {raw!r}")
-    if parts.query or parts.fragment:
+    if parts.query or parts.fragment or raw.endswith(("?", "#")):
         raise InvalidValue(f"must not have a query or fragment, got {raw!r}")
-    if parts.username or parts.password:
+    if "@" in parts.netloc:
         raise InvalidValue("must not carry credentials; use the auth section")
+    if port == 0:
+        raise InvalidValue(f"port must be 1-65535, got {raw!r}")
     return UpstreamURL(
         scheme=parts.scheme,
         host=parts.hostname.lower(),
@@ -389,12 +490,18 @@ def upstream_url(value: Any) -> UpstreamURL:
     )
 
 
+def url_text(value: Any) -> str:
+    """An http(s) URL kept as written (e.g. an OAuth2 token endpoint)."""
+    upstream_url(value)
+    return str(value)
+
+
 def path_prefix(value: Any) -> str:
     prefix = text(value)
     if not prefix.startswith("/"):
         raise InvalidValue(f"must start with '/', got {prefix!r}")
-    if any(c in prefix for c in "?#%") or any(seg in (".", "..") for seg in prefix.split("/")):
-        raise InvalidValue(f"must be a plain path without '?', '#', '%' or dot segments, got {prefix!r}")
+    if any(c in prefix for c in "?#%") or any(c.isspace() for c in prefix) or any(seg in (".", "..") for seg in prefix.split("/")):
+        raise InvalidValue(f"must be a plain path without '?', '#', '%', spaces or dot segments, got {prefix!r}")
     prefix = prefix.rstrip("/") or "/"
     if prefix == ADMIN_PREFIX or prefix.startswith(ADMIN_PREFIX + "/"):
         raise InvalidValue(f"{ADMIN_PREFIX}/ is reserved for the ambassador")
@@ -405,7 +512,7 @@ def host_name(value: Any) -> str:
     host = text(value).lower()
     name, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
     if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", name) or (port and not port.isdigit()):
-        raise InvalidValue(f"must be a host name, optionally with :port, got {value!r}")
+        raise InvalidValue(f"must be a host name, optionally with :port, got {str(value)!r}")
     return host
 
 
@@ -419,25 +526,14 @@ def redis_url(value: Any) -> str:
 
 # --- sections ------------------------------------------------------------------------------
 
-UPSTREAM_KEYS = {"url", "match", "timeout", "tls", "auth", "cache", "breaker", "retry", "async", "soap"}
-AUTH_KEYS = {
-    "bearer": ({"token"}, {"token"}),
-    "header": ({"name", "value"}, {"name", "value"}),
-    "query": ({"name", "value"}, {"name", "value"}),
-    "basic": ({"username", "password"}, {"username", "password"}),
-    "oauth2_client_credentials": (
-        {"token_url", "client_id", "client_secret", "scope", "auth_style"},
-        {"token_url", "client_id", "client_secret"},
-    ),
-}
-
 
 def _read_match(r: _Reader, node: Any, path: str) -> Match | None:
-    m = r.section(node, path, {"path_prefix", "host"})
+    m = r.section(node, path, SECTIONS["match"])
     if m is None:
         return None
-    if not m.keys() & {"path_prefix", "host"}:
+    if not m.keys() & SECTIONS["match"].allowed:
         r.problem(path, "needs at least one of path_prefix, host")
+        return None
     return Match(
         path_prefix=r.value(m, path, "path_prefix", path_prefix),
         host=r.value(m, path, "host", host_name),
@@ -445,7 +541,7 @@ def _read_match(r: _Reader, node: Any, path: str) -> Match | None:
 
 
 def _read_tls(r: _Reader, node: Any, path: str) -> TLSPolicy:
-    t = r.section(node, path, {"verify", "ca", "client_cert", "client_key"})
+    t = r.section(node, path, SECTIONS["tls"])
     if t is None:
         return TLSPolicy()
 
@@ -461,7 +557,7 @@ def _read_tls(r: _Reader, node: Any, path: str) -> TLSPolicy:
         client_cert=r.value(t, path, "client_cert", existing_file),
         client_key=r.value(t, path, "client_key", existing_file),
     )
-    if tls.client_key and "client_cert" not in t:
+    if "client_key" in t and "client_cert" not in t:
         r.problem(_join(path, "client_key"), "needs client_cert")
     return tls
 
@@ -470,55 +566,56 @@ def _read_auth(r: _Reader, node: Any, path: str) -> AuthPolicy | None:
     if not isinstance(node, dict):
         r.problem(path, f"must be a mapping, got {_describe(node)}")
         return None
-    kind = node.get("type")
-    if kind not in AUTH_KEYS:
-        r.problem(_join(path, "type"), f"must be one of {', '.join(AUTH_KEYS)}, got {kind!r}" if kind is not None else "is required")
+    kind = node.get("type", _MISSING)
+    if kind is _MISSING:
+        r.problem(_join(path, "type"), f"is required: one of {', '.join(AUTH_TYPES)}")
         return None
-    allowed, required = AUTH_KEYS[kind]
-    a = r.section(node, path, allowed | {"type"}, required)
-    values = {key: r.value(a, path, key, text) for key in allowed if key != "auth_style"}
-    if any(values[key] is None for key in required):
+    if not isinstance(kind, str) or kind not in AUTH_TYPES:
+        r.problem(_join(path, "type"), f"must be one of {', '.join(AUTH_TYPES)}, got {_got(kind)}")
         return None
+    a = r.section(node, path, SECTIONS[f"auth_{kind}"])
+
+    def read(key: str, convert: Callable[[Any], Any] = text) -> Any:
+        return r.value(a, path, key, convert)
+
     match kind:
         case "bearer":
-            return BearerAuth(values["token"])
+            policy = BearerAuth(read("token", header_value))
         case "header":
-            return HeaderAuth(values["name"], values["value"])
+            policy = HeaderAuth(read("name", header_name), read("value", header_value))
         case "query":
-            return QueryAuth(values["name"], values["value"])
+            policy = QueryAuth(read("name"), read("value"))
         case "basic":
-            return BasicAuth(values["username"], values["password"])
-    token_url = values["token_url"]
-    try:
-        upstream_url(token_url)
-    except InvalidValue as e:
-        r.problem(_join(path, "token_url"), str(e))
-    return OAuth2ClientCredentials(
-        token_url=token_url,
-        client_id=values["client_id"],
-        client_secret=values["client_secret"],
-        scope=values["scope"],
-        auth_style=r.value(a, path, "auth_style", choice("basic", "body"), "basic"),
-    )
+            policy = BasicAuth(read("username", basic_username), read("password"))
+        case _:
+            policy = OAuth2ClientCredentials(
+                token_url=read("token_url", url_text),
+                client_id=read("client_id"),
+                client_secret=read("client_secret"),
+                scope=read("scope"),
+                auth_style=r.value(a, path, "auth_style", choice("basic", "body"), "basic"),
+            )
+    required = SECTIONS[f"auth_{kind}"].required - {"type"}
+    return policy if all(getattr(policy, key) is not None for key in required) else None
 
 
-def _read_cache(r: _Reader, node: Any, path: str, state: str | None) -> CachePolicy | None:
-    c = r.section(node, path, {"ttl", "stale_if_error", "max_bytes", "store"})
+def _read_cache(r: _Reader, node: Any, path: str, has_state: bool) -> CachePolicy | None:
+    c = r.section(node, path, SECTIONS["cache"])
     if c is None:
         return None
     store = r.value(c, path, "store", text, "memory")
     sqlite_path = None
     if store.startswith("sqlite:") and len(store) > len("sqlite:"):
-        sqlite_path = r.path(store[len("sqlite:"):])
+        sqlite_path = r.path(store.removeprefix("sqlite:"))
         store = "sqlite"
-    elif store == "redis" and not state:
+    elif store == "redis" and not has_state:
         r.problem(_join(path, "store"), "redis needs the profile's top-level `state: redis://...`")
     elif store not in ("memory", "redis"):
         r.problem(_join(path, "store"), f"must be memory, sqlite:PATH or redis, got {store!r}")
         store = "memory"
     return CachePolicy(
-        ttl=r.value(c, path, "ttl", duration, 0.0),
-        stale_if_error=r.value(c, path, "stale_if_error", duration, 0.0),
+        ttl=r.value(c, path, "ttl", duration, CachePolicy.ttl),
+        stale_if_error=r.value(c, path, "stale_if_error", duration, CachePolicy.stale_if_error),
         max_bytes=r.value(c, path, "max_bytes", size, CachePolicy.max_bytes),
         store=store,
         sqlite_path=sqlite_path,
@@ -526,7 +623,7 @@ def _read_cache(r: _Reader, node: Any, path: str, state: str | None) -> CachePol
 
 
 def _read_breaker(r: _Reader, node: Any, path: str) -> BreakerPolicy | None:
-    b = r.section(node, path, {"fail_max", "reset_timeout", "failure_statuses", "half_open_max"})
+    b = r.section(node, path, SECTIONS["breaker"])
     if b is None:
         return None
     d = BreakerPolicy()
@@ -539,7 +636,7 @@ def _read_breaker(r: _Reader, node: Any, path: str) -> BreakerPolicy | None:
 
 
 def _read_retry(r: _Reader, node: Any, path: str) -> RetryPolicy | None:
-    t = r.section(node, path, {"attempts", "backoff", "statuses", "methods"})
+    t = r.section(node, path, SECTIONS["retry"])
     if t is None:
         return None
     d = RetryPolicy()
@@ -552,33 +649,34 @@ def _read_retry(r: _Reader, node: Any, path: str) -> RetryPolicy | None:
 
 
 def _read_async(r: _Reader, node: Any, path: str) -> AsyncPolicy | None:
-    if node is None:  # `async: {}` and a bare `async:` both switch it on with defaults
-        return AsyncPolicy()
-    a = r.section(node, path, {"keep"})
+    a = r.section(node, path, SECTIONS["async"])
     if a is None:
         return None
     return AsyncPolicy(keep=r.value(a, path, "keep", positive_duration, AsyncPolicy.keep))
 
 
 def _read_soap(r: _Reader, node: Any, path: str) -> SoapPolicy | None:
-    s = r.section(node, path, {"namespace", "version"}, {"namespace"})
-    if s is None or "namespace" not in s:
+    s = r.section(node, path, SECTIONS["soap"])
+    if s is None:
         return None
-    return SoapPolicy(
-        namespace=r.value(s, path, "namespace", text),
-        version=r.value(s, path, "version", choice("1.1", "1.2"), "1.1"),
-    )
+    namespace = r.value(s, path, "namespace", text)
+    version = r.value(s, path, "version", choice("1.1", "1.2"), SoapPolicy.version)
+    return SoapPolicy(namespace, version) if namespace else None
 
 
-def _read_upstream(r: _Reader, name: str, node: Any, path: str, state: str | None) -> Upstream | None:
-    if not NAME_RE.match(str(name)):
-        r.problem(path, "upstream names must match [a-z0-9][a-z0-9_-]*")
-    u = r.section(node, path, UPSTREAM_KEYS, {"url", "match"})
+def _read_upstream(r: _Reader, name: Any, node: Any, path: str, has_state: bool) -> Upstream | None:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        r.problem(path, f"upstream names must match {NAME_PATTERN}, got {_got(name)}")
+    u = r.section(node, path, SECTIONS["upstream"])
     if u is None:
         return None
 
     def optional(key: str, read: Callable[..., Any], *extra: Any) -> Any:
-        return read(r, u[key], _join(path, key), *extra) if key in u else None
+        if key not in u:
+            return None
+        # A bare `cache:` is YAML null: the feature with its defaults.
+        section = {} if u[key] is None and key in DEFAULTED_SECTIONS else u[key]
+        return read(r, section, _join(path, key), *extra)
 
     url = r.value(u, path, "url", upstream_url)
     match = optional("match", _read_match)
@@ -589,7 +687,7 @@ def _read_upstream(r: _Reader, name: str, node: Any, path: str, state: str | Non
         timeout=r.value(u, path, "timeout", positive_duration, Upstream.timeout),
         tls=optional("tls", _read_tls) or TLSPolicy(),
         auth=optional("auth", _read_auth),
-        cache=optional("cache", _read_cache, state),
+        cache=optional("cache", _read_cache, has_state),
         breaker=optional("breaker", _read_breaker),
         retry=optional("retry", _read_retry),
         async_=optional("async", _read_async),
@@ -598,42 +696,58 @@ def _read_upstream(r: _Reader, name: str, node: Any, path: str, state: str | Non
     return upstream if url and match else None
 
 
-def _read_aggregates(r: _Reader, node: Any, upstreams: Mapping[str, Upstream]) -> dict[str, Aggregate]:
+def _read_aggregates(r: _Reader, node: Any, upstream_names: set[str]) -> dict[str, Aggregate]:
+    if node is None:  # `aggregates:` with every entry commented out
+        return {}
     if not isinstance(node, dict):
         r.problem("aggregates", f"must be a mapping of GET paths to parts, got {_describe(node)}")
         return {}
     aggregates = {}
+    routes: dict[str, str] = {}
     for template, parts in node.items():
         path = _join("aggregates", template)
         template = str(template)
-        if not template.startswith("/") or "?" in template:
-            r.problem(path, "must be a path starting with '/' (no query)")
+        if not template.startswith("/") or any(c in template for c in "?#") or any(c.isspace() for c in template):
+            r.problem(path, "must be a path starting with '/' (no query, no spaces)")
             continue
-        if template.startswith(ADMIN_PREFIX + "/"):
+        if template == ADMIN_PREFIX or template.startswith(ADMIN_PREFIX + "/"):
             r.problem(path, f"{ADMIN_PREFIX}/ is reserved for the ambassador")
             continue
-        captures = PLACEHOLDER_RE.findall(template)
         if any(not re.fullmatch(r"\{[A-Za-z_][A-Za-z0-9_]*\}|[^{}]*", seg) for seg in template.split("/")):
-            r.problem(path, "a {capture} must be a whole path segment")
+            r.problem(path, "a {capture} must be a whole path segment, named with letters, digits and '_'")
             continue
+        captures = PLACEHOLDER_RE.findall(template)
         if len(set(captures)) != len(captures):
             r.problem(path, "a capture name is used twice")
             continue
+        route = PLACEHOLDER_RE.sub("{}", template)
+        if route in routes:
+            r.problem(path, f"matches the same requests as {routes[route]}")
+            continue
+        routes[route] = template
         if not isinstance(parts, dict) or not parts:
             r.problem(path, f"must map part names to 'upstream:/path', got {_describe(parts)}")
             continue
         read_parts = {}
         for part_name, spec in parts.items():
             part_path = _join(path, part_name)
+            if part_name == AGGREGATE_ERRORS_KEY:
+                r.problem(part_path, f"{AGGREGATE_ERRORS_KEY} is reserved: the answer reports failed parts there")
+                continue
+            try:
+                spec = r.substitute(spec)
+            except InvalidValue as e:
+                r.problem(part_path, str(e))
+                continue
             if not isinstance(spec, str) or ":" not in spec:
                 r.problem(part_path, f"must be 'upstream:/path', got {_describe(spec)}")
                 continue
             upstream, _, part = spec.partition(":")
-            if upstream not in upstreams:
+            if upstream not in upstream_names:
                 r.problem(part_path, f"names unknown upstream {upstream!r}")
                 continue
-            if not part.startswith("/"):
-                r.problem(part_path, f"the path after '{upstream}:' must start with '/', got {part!r}")
+            if not part.startswith("/") or any(c.isspace() for c in part):
+                r.problem(part_path, f"the path after '{upstream}:' must start with '/' and have no spaces, got {part!r}")
                 continue
             unknown = set(PLACEHOLDER_RE.findall(part)) - set(captures)
             if unknown:
@@ -659,7 +773,9 @@ def _check_routes(r: _Reader, upstreams: Mapping[str, Upstream]) -> None:
 def parse_profile(document: Any, path: Path) -> Profile:
     """Validate a parsed YAML document; raises ProfileError listing every problem."""
     r = _Reader(path.parent)
-    top = r.section(document, "", {"upstreams", "aggregates", "state"}, {"upstreams"})
+    if document is None:
+        raise ProfileError(str(path), [("upstreams", "is required (the profile is empty)")])
+    top = r.section(document, "", SECTIONS["profile"])
     if top is None:
         raise ProfileError(str(path), r.problems)
     state = r.value(top, "", "state", redis_url)
@@ -668,13 +784,14 @@ def parse_profile(document: Any, path: Path) -> Profile:
     if "upstreams" in top:
         if not isinstance(raw_upstreams, dict) or not raw_upstreams:
             r.problem("upstreams", f"must map one or more upstream names to their settings, got {_describe(raw_upstreams)}")
-        else:
-            for name, node in raw_upstreams.items():
-                upstream = _read_upstream(r, name, node, _join("upstreams", name), state)
-                if upstream:
-                    upstreams[str(name)] = upstream
+            raw_upstreams = {}
+        for name, node in raw_upstreams.items():
+            upstream = _read_upstream(r, name, node, _join("upstreams", name), "state" in top)
+            if upstream:
+                upstreams[str(name)] = upstream
     _check_routes(r, upstreams)
-    aggregates = _read_aggregates(r, top["aggregates"], upstreams) if "aggregates" in top else {}
+    # Parts may name an upstream that has problems of its own: those are reported there.
+    aggregates = _read_aggregates(r, top["aggregates"], {str(n) for n in raw_upstreams or ()}) if "aggregates" in top else {}
     if r.problems:
         raise ProfileError(str(path), r.problems)
     return Profile(
@@ -685,21 +802,63 @@ def parse_profile(document: Any, path: Path) -> Profile:
     )
 
 
-def load_profile(path: str | os.PathLike) -> Profile:
-    """Read and validate a profile file; raises ProfileError."""
-    file = Path(path)
+# --- the file --------------------------------------------------------------------------
+
+
+def _duplicate_keys(node: yaml.Node, path: str, visited: set[int]) -> Iterator[tuple[str, str]]:
+    """Keys given twice in one mapping (PyYAML would silently keep the last one)."""
+    if id(node) in visited:  # aliases can make the node graph cyclic
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden
+                yield from _duplicate_keys(value_node, path, visited)
+                continue
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode):
+                if (key_node.tag, key) in first_line:
+                    yield _join(path, key), f"duplicate key (line {line}; first at line {first_line[key_node.tag, key]})"
+                else:
+                    first_line[key_node.tag, key] = line
+            yield from _duplicate_keys(value_node, _join(path, key), visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from _duplicate_keys(item, path, visited)
+
+
+def read_yaml(source: str, file: str) -> Any:
+    """One YAML document, refusing duplicate keys; raises ProfileError."""
+    loader = yaml.SafeLoader(source)
     try:
-        text_ = file.read_text()
-    except OSError as e:
-        raise ProfileError(str(file), [("", f"cannot read the profile: {e.strerror}")]) from None
-    try:
-        document = yaml.safe_load(text_)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        duplicates = list(_duplicate_keys(node, "", set()))
+        if duplicates:
+            raise ProfileError(file, duplicates)
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
-        raise ProfileError(str(file), [("", f"not valid YAML: {where}{problem}")]) from None
-    return parse_profile(document, file.resolve())
+        raise ProfileError(file, [("", f"not valid YAML: {where}{problem}")]) from None
+    finally:
+        loader.dispose()
+
+
+def load_profile(path: str | os.PathLike) -> Profile:
+    """Read and validate a profile file; raises ProfileError."""
+    file = Path(path).resolve()
+    try:
+        source = file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ProfileError(str(file), [("", f"cannot read the profile: {e.strerror}")]) from None
+    except UnicodeDecodeError as e:
+        raise ProfileError(str(file), [("", f"cannot read the profile: not UTF-8 text ({e.reason} at byte {e.start})")]) from None
+    return parse_profile(read_yaml(source, str(file)), file)
 
 
 def resolve_profile_name(name: str, profiles_dir: Path) -> Path:
