@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 
 # aiohttp adds these when absent; the ambassador forwards what the client sent, nothing more.
 NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# How long to wait for a TLS server to refuse a probe handshake (see refused_handshake).
+TLS_PROBE_WAIT = 0.5
 
 
-def ssl_context(tls: TLSPolicy, upstream_name: str) -> ssl.SSLContext:
+def ssl_context(tls: TLSPolicy) -> ssl.SSLContext:
+    """The TLS settings of an upstream, for its own connections and its token endpoint's."""
     if not tls.verify:
-        log.warning("upstream %s: TLS certificate verification is switched off (tls.verify: false)", upstream_name)
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -45,7 +47,9 @@ class Transport:
     def __init__(self, upstream: Upstream):
         self.upstream = upstream
         self.origin = upstream.url.origin
-        self.ssl = ssl_context(upstream.tls, upstream.name) if upstream.url.scheme == "https" else False
+        if not upstream.tls.verify:
+            log.warning("upstream %s: TLS certificate verification is switched off (tls.verify: false)", upstream.name)
+        self.ssl = ssl_context(upstream.tls) if upstream.url.scheme == "https" else False
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -63,6 +67,7 @@ class Transport:
         """Raises TimeoutError after `timeout` seconds, AmbassadorError for connection failures."""
         name = self.upstream.name
         url = URL(self.origin + request.path, encoded=True)
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout(timeout):
                 async with self.session().request(
@@ -75,17 +80,42 @@ class Transport:
                     body = await answer.read()
         except TimeoutError:
             raise  # an OSError too, but the caller's to report: it knows the timeout in force
-        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as e:
-            raise AmbassadorError("connect_error", f"TLS handshake with upstream {name} failed: {_tls_reason(e)}", name) from None
-        except aiohttp.ClientConnectorError as e:
-            raise AmbassadorError("connect_error", f"cannot connect to upstream {name}: {e.os_error.strerror or e}", name) from None
         except (aiohttp.ClientError, OSError) as e:
-            raise AmbassadorError("connect_error", f"upstream {name} broke off the exchange: {type(e).__name__}: {e}", name) from None
+            problem = tls_failure(e)
+            if problem is None and self.ssl and not isinstance(e, aiohttp.ClientConnectorError):
+                problem = await self.refused_handshake(deadline)
+            if problem:
+                raise AmbassadorError("connect_error", f"TLS handshake with upstream {name} failed: {problem}", name) from None
+            if isinstance(e, aiohttp.ClientConnectorError):
+                raise AmbassadorError("connect_error", f"cannot connect to upstream {name}: {e.os_error.strerror or e}", name) from None
+            # Not str(e): a ClientResponseError's names the URL, whose query can hold a credential.
+            detail = e.message if isinstance(e, aiohttp.ClientResponseError) else e
+            raise AmbassadorError("connect_error", f"upstream {name} broke off the exchange: {type(e).__name__}: {detail}", name) from None
         headers = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.raw_headers)
         headers = end_to_end(headers)
         if _has_body(request.method, answer.status):
             headers["Content-Length"] = str(len(body))
         return UpstreamResponse(answer.status, answer.reason or "", headers, body)
+
+    async def refused_handshake(self, deadline: float) -> str | None:
+        """After a TLS exchange broke off: does the upstream refuse our handshake?
+
+        A TLS 1.3 server checks the client certificate after the handshake is complete on our
+        side, so its refusal (an alert) can arrive after the request was written and be lost
+        when the connection is reset. A fresh handshake, then waiting for the server's first
+        record, shows the alert reliably. Only failures pay for this.
+        """
+        url = self.upstream.url
+        try:
+            async with asyncio.timeout(min(TLS_PROBE_WAIT, deadline - asyncio.get_running_loop().time())):
+                reader, writer = await asyncio.open_connection(url.host, url.port, ssl=self.ssl)
+                try:
+                    await reader.read(1)
+                finally:
+                    writer.close()
+        except OSError as e:  # ssl.SSLError and TimeoutError included
+            return tls_failure(e)
+        return None
 
     async def close(self) -> None:
         if self._session is not None:
@@ -97,6 +127,28 @@ def _has_body(method: str, status: int) -> bool:
     return method != "HEAD" and status >= 200 and status not in (204, 304)
 
 
-def _tls_reason(error: Exception) -> str:
-    inner = getattr(error, "certificate_error", None) or getattr(error, "os_error", None) or error
-    return getattr(inner, "reason", None) or getattr(inner, "verify_message", None) or str(inner)
+# What the TLS alerts a server sends mean for whoever reads the error.
+TLS_ALERTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the upstream requires a client certificate (tls.client_cert)",
+    "TLSV1_ALERT_UNKNOWN_CA": "the upstream does not trust the issuer of our client certificate",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the upstream refused our client certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the upstream refused our client certificate",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the upstream refused the handshake (a client certificate or cipher it wants?)",
+}
+
+
+def tls_failure(error: BaseException) -> str | None:
+    """Why TLS failed, when `error` is a TLS failure or was caused by one; else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        # aiohttp's TLS errors are ssl.SSLError subclasses themselves, but the details are in
+        # the error they wrap.
+        inner = getattr(error, "certificate_error", None) or getattr(error, "os_error", None) or error
+        if isinstance(inner, ssl.SSLCertVerificationError):
+            return f"certificate verify failed ({getattr(inner, 'verify_message', None) or inner})"
+        if isinstance(inner, ssl.SSLError):
+            reason = getattr(inner, "reason", None)
+            return TLS_ALERTS.get(reason) or reason or str(inner)
+        error = error.__cause__ or error.__context__
+    return None

@@ -1,0 +1,142 @@
+"""The auth stage: the ambassador owns the upstream's credentials and puts one on every attempt.
+
+A credential the client sent in the same place (the Authorization header, the named header,
+the named query parameter) is replaced, never forwarded. The stage notes the kind of
+credential (`notes["auth"]`) and the header as it may be shown (`notes["shown_headers"]`,
+e.g. "Bearer [redacted]"), which the Forwarder writes onto the flow instead of the secret.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote, unquote_plus
+
+from .exchange import HOP_BY_HOP, UpstreamRequest, UpstreamResponse
+from .oauth import TokenEndpoint, TokenManager
+from .profile import BasicAuth, BearerAuth, HeaderAuth, OAuth2ClientCredentials, ProfileError, QueryAuth, Upstream
+from .service import Handler, Stage
+from .transport import ssl_context
+
+REDACTED = "[redacted]"
+# Headers the transport owns or that end at the first hop: a credential cannot travel in them.
+UNUSABLE_HEADERS = HOP_BY_HOP | {"host", "content-length"}
+
+
+def show(request: UpstreamRequest, kind: str, header: str, shown: str) -> None:
+    request.notes["auth"] = kind
+    request.notes.setdefault("shown_headers", {})[header] = shown
+
+
+class HeaderCredential:
+    """A fixed credential in a header: bearer and basic (Authorization), or a named header."""
+
+    name = "auth"
+
+    def __init__(self, kind: str, header: str, value: str, shown: str):
+        self.kind = kind
+        self.header = header
+        self.value = value
+        self.shown = shown
+
+    async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
+        request.headers[self.header] = self.value  # replaces every value the client sent
+        show(request, self.kind, self.header, self.shown)
+        return await call_next(request)
+
+    def status(self) -> dict:
+        return {"type": self.kind}
+
+
+class QueryCredential:
+    """A fixed credential in a query parameter, e.g. ?api_key=...
+
+    The flow keeps the client's URL, which never held the secret; only the upstream gets it.
+    """
+
+    name = "auth"
+
+    def __init__(self, parameter: str, value: str):
+        self.parameter = parameter
+        self.pair = f"{quote(parameter, safe='')}={quote(value, safe='')}"
+
+    async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
+        request.path = with_query_parameter(request.path, self.parameter, self.pair)
+        request.notes["auth"] = "query"
+        return await call_next(request)
+
+    def status(self) -> dict:
+        return {"type": "query"}
+
+
+def with_query_parameter(path: str, name: str, pair: str) -> str:
+    """`path` with every `name` parameter removed and the encoded `pair` appended.
+
+    The other parameters are kept byte for byte; names are compared decoded, so a client's
+    `api%5Fkey` is replaced as well as its `api_key`.
+    """
+    only_path, _, query = path.partition("?")
+    kept = [p for p in query.split("&") if p and unquote_plus(p.partition("=")[0]) != name]
+    return f"{only_path}?{'&'.join([*kept, pair])}"
+
+
+class OAuth2Credential:
+    """A bearer token from the upstream's token endpoint; a 401 answer renews it once."""
+
+    name = "auth"
+
+    def __init__(self, tokens: TokenManager, deadline_of: Callable[[UpstreamRequest], float]):
+        self.tokens = tokens
+        self.deadline_of = deadline_of  # the service's: token waits count against the request's timeout
+
+    async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
+        deadline = self.deadline_of(request)
+        token = await self.tokens.token(deadline)
+        response = await call_next(self.carrying(request, token))
+        if response.status != 401:
+            return response
+        # Revoked or expired early: the next token, then one more try with it.
+        self.tokens.drop(token)
+        request.notes["auth_renewed"] = True
+        token = await self.tokens.token(deadline)
+        return await call_next(self.carrying(request, token))
+
+    @staticmethod
+    def carrying(request: UpstreamRequest, token: str) -> UpstreamRequest:
+        request.headers["Authorization"] = f"Bearer {token}"
+        show(request, "oauth2", "Authorization", f"Bearer {REDACTED}")
+        return request
+
+    def status(self) -> dict:
+        return {"type": "oauth2", **self.tokens.status()}
+
+    async def close(self) -> None:
+        await self.tokens.close()
+
+
+def auth_stage(upstream: Upstream, profile_file: Path, deadline_of: Callable[[UpstreamRequest], float]) -> Stage:
+    """The auth stage for `upstream.auth`; raises ProfileError for a header that cannot carry it.
+
+    The profile loader has checked the values already (no line breaks, header names, RFC 7617).
+    """
+    match upstream.auth:
+        case BearerAuth(token):
+            return HeaderCredential("bearer", "Authorization", f"Bearer {token}", f"Bearer {REDACTED}")
+        case BasicAuth(username, password):
+            pair = base64.b64encode(f"{username}:{password}".encode()).decode()
+            return HeaderCredential("basic", "Authorization", f"Basic {pair}", f"Basic {REDACTED}")
+        case HeaderAuth(header, value):
+            if header.lower() in UNUSABLE_HEADERS:
+                problem = (f"upstreams.{upstream.name}.auth.name", f"{header} cannot carry a credential")
+                raise ProfileError(str(profile_file), [problem])
+            return HeaderCredential("header", header, value, REDACTED)
+        case QueryAuth(parameter, value):
+            return QueryCredential(parameter, value)
+        case OAuth2ClientCredentials() as policy:
+            # The token endpoint is contacted with the upstream's TLS settings (trusted CAs,
+            # client certificate): it is usually the same partner.
+            tls = ssl_context(upstream.tls) if policy.token_url.startswith("https:") else False
+            endpoint = TokenEndpoint(policy, tls)
+            return OAuth2Credential(TokenManager(upstream.name, endpoint, upstream.timeout), deadline_of)
+    raise TypeError(f"unknown auth policy {upstream.auth!r}")

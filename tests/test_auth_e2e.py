@@ -1,0 +1,127 @@
+"""Static credentials through the real ambassador (SPEC section 3): bearer, header, query and
+basic, with values from ${VAR} and ${file:...}; a credential the client sent in the same place
+is replaced."""
+
+import base64
+import json
+
+import pytest
+
+from harness import Ambassador, FakeUpstream, echo
+
+TOKEN, KEY, QUERY_KEY, PASSWORD = "tok-9f8e7d", "key-1a2b3c", "q k&=/+é", "pw:with spaces"
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    with FakeUpstream(echo) as up:
+        yield up
+
+
+@pytest.fixture(scope="module")
+def amb(upstream, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("auth")
+    (folder / "secrets").mkdir()
+    (folder / "secrets" / "pw").write_text(PASSWORD + "\n")
+    profile = folder / "auth.yaml"
+    profile.write_text(f"""
+upstreams:
+  bearer:
+    url: {upstream.url}/b
+    match: {{path_prefix: /bearer}}
+    auth: {{type: bearer, token: "${{PARTNER_TOKEN}}"}}
+  header:
+    url: {upstream.url}/h
+    match: {{path_prefix: /header}}
+    auth: {{type: header, name: X-Api-Key, value: "${{PARTNER_KEY}}"}}
+  query:
+    url: {upstream.url}/q
+    match: {{path_prefix: /query}}
+    auth: {{type: query, name: api_key, value: "${{QUERY_KEY}}"}}
+  basic:
+    url: {upstream.url}/basic
+    match: {{path_prefix: /basic}}
+    auth: {{type: basic, username: svc, password: "${{file:secrets/pw}}"}}
+  plain:
+    url: {upstream.url}/plain
+    match: {{path_prefix: /plain}}
+""")
+    env = {"PARTNER_TOKEN": TOKEN, "PARTNER_KEY": KEY, "QUERY_KEY": QUERY_KEY}
+    with Ambassador(folder, profile, env=env) as a:
+        yield a
+
+
+def received(body: bytes) -> dict:
+    answer = json.loads(body)
+    answer["headers"] = [(k.lower(), v) for k, v in answer["headers"]]
+    return answer
+
+
+def values(answer: dict, name: str) -> list[str]:
+    return [v for k, v in answer["headers"] if k == name.lower()]
+
+
+def test_bearer_from_an_environment_variable_replaces_the_clients(amb):
+    status, _, body = amb.request("GET", "/bearer/x", [("Authorization", "Bearer mine"), ("authorization", "Basic Zm9vOmJhcg==")])
+    assert status == 200
+    assert values(received(body), "Authorization") == [f"Bearer {TOKEN}"]
+
+
+def test_named_header_replaces_the_clients_and_keeps_the_others(amb):
+    status, _, body = amb.request("GET", "/header/x", [("x-api-key", "mine"), ("Authorization", "Bearer client"), ("X-Other", "1")])
+    answer = received(body)
+    assert values(answer, "X-Api-Key") == [KEY]
+    assert values(answer, "Authorization") == ["Bearer client"]  # not the place this upstream uses
+    assert values(answer, "X-Other") == ["1"]
+
+
+def test_query_parameter_is_encoded_and_replaces_the_clients(amb):
+    status, _, body = amb.get("/query/search?q=a%20b&api_key=mine&x=1&api%5Fkey=again&empty=")
+    assert status == 200
+    path = received(body)["path"]
+    assert path == "/q/search?q=a%20b&x=1&empty=&api_key=q%20k%26%3D%2F%2B%C3%A9"
+
+
+def test_query_parameter_on_a_path_without_query(amb):
+    _, _, body = amb.get("/query")
+    assert received(body)["path"] == "/q?api_key=q%20k%26%3D%2F%2B%C3%A9"
+
+
+def test_basic_from_a_file(amb):
+    status, _, body = amb.get("/basic/x", {"Authorization": "Basic bWU6bWluZQ=="})
+    (header,) = values(received(body), "Authorization")
+    assert header.startswith("Basic ")
+    assert base64.b64decode(header[6:]).decode() == f"svc:{PASSWORD}"
+
+
+def test_an_upstream_without_auth_forwards_the_clients_credential(amb):
+    _, _, body = amb.get("/plain/x", {"Authorization": "Bearer client"})
+    assert values(received(body), "Authorization") == ["Bearer client"]
+
+
+def test_status_names_the_kind_only(amb):
+    upstreams = amb.status()["upstreams"]
+    assert {name: upstreams[name].get("auth") for name in upstreams} == {
+        "bearer": {"type": "bearer"}, "header": {"type": "header"}, "query": {"type": "query"},
+        "basic": {"type": "basic"}, "plain": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "auth, key, problem",
+    [
+        ("{type: header, name: Host, value: x}", "auth.name", "Host cannot carry a credential"),
+        ("{type: header, name: 'X Key', value: x}", "auth.name", "must be an HTTP header name"),
+        ('{type: bearer, token: "a\\r\\nX-Evil: 1"}', "auth.token", "must not contain line breaks"),
+        ("{type: basic, username: 'a:b', password: x}", "auth.username", "must not contain ':'"),
+    ],
+)
+def test_credentials_http_cannot_carry_stop_startup(tmp_path, auth, key, problem):
+    profile = tmp_path / "bad.yaml"
+    profile.write_text(f"upstreams:\n  partner:\n    url: http://127.0.0.1:9\n    match: {{path_prefix: /p}}\n    auth: {auth}\n")
+    amb = Ambassador(tmp_path, profile)
+    with pytest.raises(AssertionError, match="ambassador exited"):
+        amb.start()
+    assert amb.proc.wait(10) == 2
+    assert f"upstreams.partner.{key}" in amb.output and problem in amb.output
+    assert "Traceback" not in amb.output
