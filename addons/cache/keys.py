@@ -1,0 +1,49 @@
+"""Cache keys (RFC 9111 section 2) and Vary matching (section 4.1)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urljoin, urlsplit
+
+from multidict import CIMultiDict
+
+from ..profile import Upstream
+
+COMMA_SPACE_RE = re.compile(r"\s*,\s*")
+
+
+def primary_key(upstream: Upstream, path: str) -> str:
+    """The target URI at the upstream: its origin and the path with query (the base path included).
+
+    The method is not part of it: GET and HEAD share the stored GET response, and an unsafe
+    method invalidates whatever is stored for its URI.
+    """
+    return upstream.url.origin + path
+
+
+def related_key(upstream: Upstream, path: str, reference: str) -> str | None:
+    """The key of a Location / Content-Location URI, if it is of the same origin (RFC 9111 4.4)."""
+    target = urljoin(upstream.url.origin + path, reference.strip())
+    parts = urlsplit(target)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if (parts.scheme, (parts.hostname or "").lower(), port) != (upstream.url.scheme, upstream.url.host, upstream.url.port):
+        return None
+    return upstream.url.origin + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def vary_names(values: list[str]) -> tuple[str, ...] | None:
+    """The request fields a response varies on, lower-cased and sorted; None for `Vary: *`."""
+    names = sorted({name.strip().lower() for value in values for name in value.split(",") if name.strip()})
+    return None if "*" in names else tuple(names)
+
+
+def selecting_values(names: tuple[str, ...], headers: CIMultiDict[str]) -> tuple[str | None, ...]:
+    """The request's values of the Vary fields, normalised: lines combined, list whitespace removed."""
+    values = []
+    for name in names:
+        lines = headers.getall(name, None)
+        values.append(None if lines is None else COMMA_SPACE_RE.sub(",", ",".join(lines)).strip())
+    return tuple(values)

@@ -1,0 +1,333 @@
+"""Where entries live: one async interface, three stores.
+
+A store maps a primary key (the target URI) to the list of its stored variants (RFC 9111 4.1).
+`keep_for` is how long the variants stay of any use; stores drop them after that.
+
+- `MemoryStore`: in process, least recently used evicted beyond `max_bytes`. Entries are kept
+  as objects: a hit copies nothing.
+- `SqliteStore`: a file that survives restarts; one dedicated thread owns the connection, so
+  the event loop never waits on the disk and requests never share a connection unsafely.
+- `RedisStore`: the profile's `state`, shared by several ambassador instances; Redis expires
+  entries itself (bound its memory with Redis' own `maxmemory`).
+
+`Guarded` wraps any of them: a failing store (Redis down, disk full) degrades to a cache that
+stores nothing, with one warning per outage instead of failed requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import sys
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import redis.asyncio
+
+from .entry import Entry, dump_variants, load_variants
+
+log = logging.getLogger("ambassador.cache")
+
+REDIS_PREFIX = "ambassador:cache:"
+REDIS_TIMEOUT = 1.0  # a store slower than this is treated as down: answer from upstream instead
+COUNT_REFRESH = 1.0  # seconds between recounts of a shared store's entries
+# A memory store item's own bookkeeping: its (variants, size, expiry) tuple and ordered-dict slot.
+ITEM_OVERHEAD = 256
+
+
+class Store(Protocol):
+    entries: int  # stored URIs (as far as this process knows, for shared stores)
+
+    async def get(self, key: str) -> list[Entry] | None: ...
+
+    async def put(self, key: str, variants: list[Entry], keep_for: float) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def clear(self, prefix: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        # key -> (variants, their size, monotonic time they stop being of use)
+        self.items: OrderedDict[str, tuple[list[Entry], int, float]] = OrderedDict()
+
+    @property
+    def entries(self) -> int:
+        return len(self.items)
+
+    async def get(self, key: str) -> list[Entry] | None:
+        item = self.items.get(key)
+        if item is None:
+            return None
+        if item[2] < time.monotonic():
+            self._remove(key)
+            return None
+        self.items.move_to_end(key)
+        return item[0]
+
+    async def put(self, key: str, variants: list[Entry], keep_for: float) -> None:
+        self._remove(key)
+        size = sum(e.size for e in variants) + sys.getsizeof(key) + sys.getsizeof(variants) + ITEM_OVERHEAD
+        if size > self.max_bytes:
+            return
+        self.items[key] = (variants, size, time.monotonic() + keep_for)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self._remove(next(iter(self.items)))
+
+    async def delete(self, key: str) -> None:
+        self._remove(key)
+
+    async def clear(self, prefix: str) -> None:
+        for key in [k for k in self.items if k.startswith(prefix)]:
+            self._remove(key)
+
+    def _remove(self, key: str) -> None:
+        item = self.items.pop(key, None)
+        if item is not None:
+            self.bytes -= item[1]
+
+    async def close(self) -> None:
+        self.items.clear()
+        self.bytes = 0
+
+
+class SqliteStore:
+    SCHEMA = """
+        CREATE TABLE IF NOT EXISTS cache (
+            key TEXT PRIMARY KEY, value BLOB NOT NULL, size INTEGER NOT NULL,
+            expires REAL NOT NULL, used REAL NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS cache_used ON cache (used);
+    """
+
+    def __init__(self, path: Path, max_bytes: int):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.entries = 0
+        self.bytes = 0  # this process's estimate; recounted before evicting
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"cache-sqlite-{path.name}")
+        self.db: sqlite3.Connection | None = None
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    # Everything below named _sync_* runs on the store's own thread.
+
+    def _connection(self) -> sqlite3.Connection:
+        if self.db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.executescript(self.SCHEMA)
+            self.entries, self.bytes = db.execute("SELECT count(*), total(size) FROM cache").fetchone()
+            self.bytes = int(self.bytes)
+            self.db = db
+        return self.db
+
+    def _sync_get(self, key: str) -> bytes | None:
+        db = self._connection()
+        row = db.execute("SELECT value, expires FROM cache WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        now = time.time()
+        if row[1] < now:
+            self._sync_delete(key)
+            return None
+        db.execute("UPDATE cache SET used = ? WHERE key = ?", (now, key))
+        return row[0]
+
+    def _sync_put(self, key: str, blob: bytes, keep_for: float) -> None:
+        db = self._connection()
+        now = time.time()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            old = db.execute("SELECT size FROM cache WHERE key = ?", (key,)).fetchone()
+            db.execute(
+                "INSERT OR REPLACE INTO cache (key, value, size, expires, used) VALUES (?, ?, ?, ?, ?)",
+                (key, blob, len(blob), now + keep_for, now),
+            )
+        self.entries += old is None
+        self.bytes += len(blob) - (old[0] if old else 0)
+        if self.bytes > self.max_bytes:
+            self._sync_evict(now)
+
+    def _sync_evict(self, now: float) -> None:
+        """Expired rows first, then the least recently used, until the file's bodies fit max_bytes."""
+        db = self._connection()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM cache WHERE expires < ?", (now,))
+            (total,) = db.execute("SELECT total(size) FROM cache").fetchone()
+            excess = total - self.max_bytes
+            if excess > 0:
+                freed = 0
+                victims = []
+                for key, size in db.execute("SELECT key, size FROM cache ORDER BY used"):
+                    if freed >= excess:
+                        break
+                    victims.append((key,))
+                    freed += size
+                db.executemany("DELETE FROM cache WHERE key = ?", victims)
+            self.entries, total = db.execute("SELECT count(*), total(size) FROM cache").fetchone()
+            self.bytes = int(total)
+
+    def _sync_delete(self, key: str) -> None:
+        db = self._connection()
+        row = db.execute("DELETE FROM cache WHERE key = ? RETURNING size", (key,)).fetchone()
+        if row is not None:
+            self.entries -= 1
+            self.bytes -= row[0]
+
+    def _sync_clear(self, prefix: str) -> None:
+        db = self._connection()
+        db.execute("DELETE FROM cache WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+        self.entries, total = db.execute("SELECT count(*), total(size) FROM cache").fetchone()
+        self.bytes = int(total)
+
+    def _sync_close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    async def get(self, key: str) -> list[Entry] | None:
+        blob = await self._run(self._sync_get, key)
+        return None if blob is None else load_variants(blob)
+
+    async def put(self, key: str, variants: list[Entry], keep_for: float) -> None:
+        await self._run(self._sync_put, key, dump_variants(variants), keep_for)
+
+    async def delete(self, key: str) -> None:
+        await self._run(self._sync_delete, key)
+
+    async def clear(self, prefix: str) -> None:
+        await self._run(self._sync_clear, prefix)
+
+    async def close(self) -> None:
+        await self._run(self._sync_close)
+        self.executor.shutdown(wait=False)
+
+
+class RedisStore:
+    def __init__(self, url: str, count_prefix: str):
+        self.redis = redis.asyncio.from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
+        self.count_prefix = REDIS_PREFIX + count_prefix
+        self.counted_at = 0.0
+        self.counting: asyncio.Task | None = None
+        self._entries = 0
+
+    @property
+    def entries(self) -> int:
+        """The last count of this upstream's keys in Redis; asks for a recount when it is old."""
+        if time.monotonic() - self.counted_at > COUNT_REFRESH and not self.counting:
+            try:
+                self.counting = asyncio.get_running_loop().create_task(self._count())
+            except RuntimeError:
+                pass  # asked from outside the event loop: the last count has to do
+        return self._entries
+
+    async def _count(self) -> None:
+        try:
+            self._entries = sum([1 async for _ in self.redis.scan_iter(match=_glob_escape(self.count_prefix) + "*", count=1000)])
+            self.counted_at = time.monotonic()
+        except (redis.RedisError, OSError) as e:
+            log.debug("cannot count cache entries in redis: %s", e)
+        finally:
+            self.counting = None
+
+    async def get(self, key: str) -> list[Entry] | None:
+        blob = await self.redis.get(REDIS_PREFIX + key)
+        return None if blob is None else load_variants(blob)
+
+    async def put(self, key: str, variants: list[Entry], keep_for: float) -> None:
+        await self.redis.set(REDIS_PREFIX + key, dump_variants(variants), px=max(1, int(keep_for * 1000)))
+
+    async def delete(self, key: str) -> None:
+        await self.redis.delete(REDIS_PREFIX + key)
+
+    async def clear(self, prefix: str) -> None:
+        batch = []
+        async for key in self.redis.scan_iter(match=_glob_escape(REDIS_PREFIX + prefix) + "*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                await self.redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            await self.redis.unlink(*batch)
+        self._entries = 0
+        self.counted_at = 0.0
+
+    async def close(self) -> None:
+        if self.counting:
+            self.counting.cancel()
+        await self.redis.aclose()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class Guarded:
+    """A store whose failures become misses and skipped writes, logged once per outage."""
+
+    def __init__(self, store: Store, upstream_name: str):
+        self.store = store
+        self.upstream_name = upstream_name
+        self.failing = False
+
+    @property
+    def entries(self) -> int:
+        return self.store.entries
+
+    def _failed(self, error: Exception) -> None:
+        if not self.failing:
+            self.failing = True
+            log.warning(
+                "upstream %s: cache store failed (%s: %s); answering without the cache until it recovers",
+                self.upstream_name, type(error).__name__, error,
+            )
+
+    def _succeeded(self) -> None:
+        if self.failing:
+            self.failing = False
+            log.warning("upstream %s: cache store recovered", self.upstream_name)
+
+    async def get(self, key: str) -> list[Entry] | None:
+        try:
+            variants = await self.store.get(key)
+        except Exception as e:  # any store failure must degrade, never fail the request
+            self._failed(e)
+            return None
+        self._succeeded()
+        return variants
+
+    async def put(self, key: str, variants: list[Entry], keep_for: float) -> None:
+        await self._write(self.store.put(key, variants, keep_for))
+
+    async def delete(self, key: str) -> None:
+        await self._write(self.store.delete(key))
+
+    async def _write(self, operation) -> None:
+        try:
+            await operation
+        except Exception as e:  # as in get()
+            self._failed(e)
+        else:
+            self._succeeded()
+
+    async def clear(self, prefix: str) -> None:
+        await self._write(self.store.clear(prefix))
+
+    async def close(self) -> None:
+        await self.store.close()

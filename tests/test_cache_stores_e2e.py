@@ -1,0 +1,128 @@
+"""The persistent (sqlite) and shared (redis) cache stores through the real ambassador."""
+
+import concurrent.futures
+import time
+
+import pytest
+import redis as redis_client
+
+from harness import Ambassador, FakeUpstream, Received, Reply
+from redis_server import RedisServer
+
+
+def cacheable(req: Received) -> Reply:
+    if req.method != "GET":
+        return Reply(204)
+    return Reply(200, [("Cache-Control", "max-age=300"), ("ETag", '"e"')], f"body of {req.path}".encode())
+
+
+def count(upstream: FakeUpstream, path: str) -> int:
+    return sum(1 for r in upstream.received if r.path == path and r.method == "GET")
+
+
+def profile(url: str, store: str, state: str = "") -> str:
+    return f"""
+upstreams:
+  stored:
+    url: {url}
+    match: {{path_prefix: /s}}
+    cache: {{store: "{store}", max_bytes: 1MB}}
+{f"state: {state}" if state else ""}
+"""
+
+
+# --- sqlite ---------------------------------------------------------------------------------------
+
+
+def test_sqlite_store_survives_a_restart(tmp_path):
+    with FakeUpstream(cacheable) as origin:
+        text = profile(origin.url, "sqlite:cache/entries.db")
+        with Ambassador(tmp_path, text) as amb:
+            assert amb.get("/s/a")[1]["X-Cache"] == "MISS"
+            assert amb.get("/s/a")[1]["X-Cache"] == "HIT"
+        assert (tmp_path / "cache" / "entries.db").is_file()
+        with Ambassador(tmp_path, text) as amb:
+            status, headers, body = amb.get("/s/a")
+            assert (status, headers["X-Cache"], body) == (200, "HIT", b"body of /a")
+            assert amb.status()["upstreams"]["stored"]["cache"]["entries"] == 1
+        assert count(origin, "/a") == 1
+
+
+def test_sqlite_store_under_concurrent_requests(tmp_path):
+    with FakeUpstream(cacheable) as origin, Ambassador(tmp_path, profile(origin.url, "sqlite:c.db")) as amb:
+        paths = [f"/s/k{i % 10}" for i in range(60)]
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(amb.get, paths))
+        assert all(s == 200 and b == f"body of {p[2:]}".encode() for p, (s, _, b) in zip(paths, answers))
+        assert {h["X-Cache"] for _, h, _ in answers} <= {"HIT", "MISS"}
+        assert all(count(origin, f"/k{i}") == 1 for i in range(10))  # coalesced, then stored
+
+
+# --- redis ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory):
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+def test_redis_store_is_shared_by_instances_and_expires(tmp_path, redis):
+    with FakeUpstream(cacheable) as origin:
+        text = profile(origin.url, "redis", redis.url)
+        with Ambassador(tmp_path, text) as a, Ambassador(tmp_path, text) as b:
+            assert a.get("/s/shared")[1]["X-Cache"] == "MISS"
+            assert b.get("/s/shared")[1]["X-Cache"] == "HIT"
+            assert count(origin, "/shared") == 1
+            # Unsafe methods invalidate for every instance.
+            assert b.request("PUT", "/s/shared", body=b"x")[1]["X-Cache"] == "BYPASS"
+            assert a.get("/s/shared")[1]["X-Cache"] == "MISS"
+            keys = redis_client.Redis.from_url(redis.url).keys("ambassador:cache:*")
+            assert len(keys) == 1
+            ttl = redis_client.Redis.from_url(redis.url).pttl(keys[0])
+            assert 0 < ttl <= (300 + 86400) * 1000  # freshness plus the time a validator keeps it useful
+            deadline = time.monotonic() + 10
+            while a.status()["upstreams"]["stored"]["cache"]["entries"] != 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+
+
+def test_redis_entries_expire_in_redis(tmp_path, redis):
+    def short(req):
+        return Reply(200, [("Cache-Control", "max-age=1")], b"short-lived")
+
+    with FakeUpstream(short) as origin, Ambassador(tmp_path, profile(origin.url, "redis", redis.url)) as amb:
+        amb.get("/s/short")
+        client = redis_client.Redis.from_url(redis.url)
+        key = f"ambassador:cache:{origin.url}/short".encode()
+        assert 0 < client.pttl(key) <= 1000
+        deadline = time.monotonic() + 10
+        while client.exists(key):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_redis_down_degrades_to_pass_through_with_one_warning(tmp_path):
+    with RedisServer(tmp_path) as redis, FakeUpstream(cacheable) as origin:
+        with Ambassador(tmp_path, profile(origin.url, "redis", redis.url)) as amb:
+            amb.get("/s/x")
+            assert amb.get("/s/x")[1]["X-Cache"] == "HIT"
+            redis.kill()
+            for _ in range(3):
+                status, headers, body = amb.get("/s/x")
+                assert (status, headers["X-Cache"], body) == (200, "MISS", b"body of /x")
+            assert amb.output.count("cache store failed") == 1
+            redis.start()
+            amb.get("/s/x")  # stores again
+            amb.wait_for_log("cache store recovered")
+            assert amb.get("/s/x")[1]["X-Cache"] == "HIT"
+
+
+def test_unusable_sqlite_file_degrades_to_pass_through_with_one_warning(tmp_path):
+    (tmp_path / "not-a-folder").write_text("a file where the store's folder should be")
+    with FakeUpstream(cacheable) as origin, Ambassador(tmp_path, profile(origin.url, "sqlite:not-a-folder/cache.db")) as amb:
+        for _ in range(3):
+            status, headers, body = amb.get("/s/y")
+            assert (status, headers["X-Cache"], body) == (200, "MISS", b"body of /y")
+        assert amb.output.count("cache store failed") == 1
+        assert count(origin, "/y") == 3
