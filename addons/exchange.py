@@ -43,6 +43,7 @@ class UpstreamRequest:
     headers: CIMultiDict[str]  # end-to-end headers only; Host and Content-Length are the transport's
     body: bytes = b""
     timeout: float | None = None  # shortens the upstream's own timeout, never lengthens it
+    retries: int | None = None  # X-Ambassador-Retries: lowers the retry policy's tries, never raises them
     started: float = field(default_factory=time.monotonic)
     # What the ambassador did (attempts, cache result...), for headers, logs and mitmweb.
     notes: dict[str, Any] = field(default_factory=dict)

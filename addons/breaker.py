@@ -1,0 +1,300 @@
+"""The circuit breaker of an upstream: pybreaker's state machine, driven by admission tickets.
+
+pybreaker 1.4.1 only guards a call it makes itself, start to end. An upstream exchange is an
+`await` during which other requests are admitted and other outcomes arrive, so `Breaker`
+splits the two: `admit()` hands out a `Ticket` (or refuses), `record(ticket, failed)` applies
+the outcome later. This adapter also fixes what pybreaker gets wrong for that use:
+
+- half-open: pybreaker lets every request through; here only `half_open_max` trial tickets
+  are handed out, the others are refused as if open;
+- late outcomes: every state change starts a new generation, and an outcome whose ticket
+  belongs to an earlier generation is ignored. Without this a late success could close a
+  breaker whose latest trial failed, and late failures of requests admitted while closed
+  would re-open it and push its open window forward.
+
+With `state: redis://...` the breaker state lives in Redis instead (`shared_state.py`), with
+this local breaker as the fallback while Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import pybreaker
+
+from . import metrics
+from .errors import AmbassadorError
+from .exchange import UpstreamRequest, UpstreamResponse
+from .profile import BreakerPolicy, Upstream
+from .shared_state import SharedBreakerState, SharedStateUnavailable
+
+log = logging.getLogger(__name__)
+
+CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
+GAUGE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+# Failures the ambassador sees itself; everything else it raises (auth_failed, bad_request...)
+# says nothing about the upstream's health.
+FAILURE_REASONS = frozenset({"timeout", "connect_error"})
+# Retry-After for requests refused while the trials of a half-open breaker are under way.
+TRIAL_WAIT = 1.0
+# How long an instance that could not reach the shared state uses its own breaker before
+# asking Redis again.
+SHARED_RETRY = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """Permission for one upstream attempt, valid for the breaker state that issued it."""
+
+    generation: int
+    trial: bool = False  # one of the limited half-open trials
+    shared: bool = False  # issued by the Redis-backed state rather than the local breaker
+
+
+class _Failure(Exception):
+    """The outcome fed to pybreaker for a failed attempt."""
+
+
+def _failed() -> None:
+    raise _Failure
+
+
+def _succeeded() -> None:
+    pass
+
+
+class Breaker(pybreaker.CircuitBreakerListener):
+    """One upstream's breaker in this process. Synchronous: all of it runs on the event loop."""
+
+    def __init__(self, name: str, policy: BreakerPolicy, on_change: Callable[[str], None] = lambda state: None):
+        self.name = name
+        self.policy = policy
+        self.on_change = on_change
+        self.generation = 0
+        self.trials = 0  # trial tickets handed out in the current half-open generation
+        self.opened_at = 0.0  # time.monotonic(); pybreaker's own opened_at is wall-clock time
+        self.pybreaker = pybreaker.CircuitBreaker(
+            fail_max=policy.fail_max, reset_timeout=policy.reset_timeout, name=name, listeners=[self]
+        )
+
+    @property
+    def state(self) -> str:
+        return self.pybreaker.current_state
+
+    def seconds_until_half_open(self) -> float:
+        return self.opened_at + self.policy.reset_timeout - time.monotonic()
+
+    def admit(self) -> Ticket | None:
+        state = self.state
+        if state == OPEN:
+            if self.seconds_until_half_open() > 0:
+                return None
+            self.pybreaker.half_open()
+            state = HALF_OPEN
+        if state == HALF_OPEN:
+            if self.trials >= self.policy.half_open_max:
+                return None
+            self.trials += 1
+            return Ticket(self.generation, trial=True)
+        return Ticket(self.generation)
+
+    def record(self, ticket: Ticket, failed: bool) -> None:
+        """Apply an attempt's outcome, unless the breaker changed state since its admission."""
+        if ticket.generation != self.generation:
+            return
+        if not failed and not ticket.trial and self.pybreaker.fail_counter == 0:
+            return  # closed with nothing to reset: the common case costs no state machine run
+        try:
+            self.pybreaker.call(_failed if failed else _succeeded)
+        except (_Failure, pybreaker.CircuitBreakerError):
+            pass  # pybreaker re-raises the failure it counted, or reports that it tripped
+
+    def release(self, ticket: Ticket) -> None:
+        """An admitted attempt that ended without an outcome (cancelled): give back its trial."""
+        if ticket.trial and ticket.generation == self.generation:
+            self.trials -= 1
+
+    def force_open(self) -> None:
+        self.pybreaker.open()
+
+    def force_close(self) -> None:
+        self.pybreaker.close()
+
+    # pybreaker.CircuitBreakerListener
+    def state_change(self, cb, old_state, new_state) -> None:
+        self.generation += 1
+        self.trials = 0
+        if new_state.name == OPEN:
+            self.opened_at = time.monotonic()
+        if old_state is None or old_state.name != new_state.name:
+            self.on_change(new_state.name)
+
+
+class BreakerStage:
+    """The `breaker` stage: asks the breaker before each attempt and tells it the outcome.
+
+    `shared` (a `shared_state.SharedBreakerState`) makes Redis hold the state; while Redis
+    cannot be reached the local breaker stands in, so no request fails because of Redis.
+    """
+
+    name = "breaker"
+
+    def __init__(self, upstream_name: str, policy: BreakerPolicy, shared: SharedBreakerState | None = None):
+        self.upstream_name = upstream_name
+        self.policy = policy
+        self.local = Breaker(upstream_name, policy, self.observe)
+        self.shared = shared
+        self.shared_down_until: float | None = None  # set while falling back to the local breaker
+        self.known_state = CLOSED
+        self.pending: set[asyncio.Task] = set()
+        metrics.BREAKER_STATE.labels(upstream_name).set(GAUGE_VALUE[CLOSED])
+
+    def observe(self, state: str) -> None:
+        """Called with the state after every decision; logs and counts each change once."""
+        if state == self.known_state:
+            return
+        log.warning("upstream %s: circuit breaker %s -> %s", self.upstream_name, self.known_state, state)
+        self.known_state = state
+        metrics.BREAKER_STATE.labels(self.upstream_name).set(GAUGE_VALUE[state])
+        metrics.BREAKER_TRANSITIONS.labels(self.upstream_name, state).inc()
+
+    async def __call__(self, request: UpstreamRequest, call_next) -> UpstreamResponse:
+        ticket = await self.admit()
+        if ticket is None:
+            request.notes["breaker"] = self.state()
+            wait = self.seconds_until_half_open()
+            retry_after = math.ceil(wait if wait > 0 else TRIAL_WAIT)
+            raise AmbassadorError(
+                "circuit_open",
+                f"the circuit breaker of upstream {self.upstream_name} is open; try again in {retry_after}s",
+                self.upstream_name,
+                headers={"Retry-After": str(retry_after)},
+            )
+        try:
+            response = await call_next(request)
+        except AmbassadorError as e:
+            if e.reason in FAILURE_REASONS:
+                await self.record(ticket, failed=True)
+            else:
+                self.release(ticket)
+            request.notes["breaker"] = self.state()
+            raise
+        except asyncio.CancelledError:
+            self.release(ticket)
+            raise
+        await self.record(ticket, failed=response.status in self.policy.failure_statuses)
+        request.notes["breaker"] = self.state()
+        return response
+
+    def using_shared(self) -> bool:
+        if self.shared is None:
+            return False
+        if self.shared_down_until is not None and time.monotonic() < self.shared_down_until:
+            return False
+        return True
+
+    async def admit(self) -> Ticket | None:
+        if self.using_shared():
+            try:
+                admitted = await self.shared.admit()
+            except SharedStateUnavailable as e:
+                self.shared_lost(e)
+            else:
+                self.shared_reached()
+                return Ticket(*admitted, shared=True) if admitted else None
+        return self.local.admit()
+
+    async def record(self, ticket: Ticket, failed: bool) -> None:
+        if not ticket.shared:
+            self.local.record(ticket, failed)
+            return
+        try:
+            await self.shared.record(ticket.generation, ticket.trial, failed)
+        except SharedStateUnavailable as e:
+            self.shared_lost(e)  # this outcome is lost; the local breaker counts from now on
+        else:
+            self.observe(self.shared.state)
+
+    def release(self, ticket: Ticket) -> None:
+        if not ticket.shared:
+            self.local.release(ticket)
+        elif ticket.trial:
+            # Runs while the request is being cancelled: do not hold that up for Redis.
+            task = asyncio.get_running_loop().create_task(self.release_shared(ticket))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
+
+    async def release_shared(self, ticket: Ticket) -> None:
+        try:
+            await self.shared.release(ticket.generation)
+        except SharedStateUnavailable as e:
+            self.shared_lost(e)
+
+    def shared_lost(self, error: SharedStateUnavailable) -> None:
+        if self.shared_down_until is None:
+            log.warning(
+                "upstream %s: shared breaker state unreachable (%s); using this instance's own breaker until it is back",
+                self.upstream_name, error,
+            )
+        self.shared_down_until = time.monotonic() + SHARED_RETRY
+        self.observe(self.local.state)
+
+    def shared_reached(self) -> None:
+        if self.shared_down_until is not None:
+            log.warning("upstream %s: shared breaker state reachable again", self.upstream_name)
+            self.shared_down_until = None
+        self.observe(self.shared.state)
+
+    def state(self) -> str:
+        return self.shared.state if self.using_shared() else self.local.state
+
+    def status(self) -> str:
+        """For /_ambassador/status: an idle instance also asks Redis, for the next look."""
+        if self.using_shared():
+            self.shared.refresh_soon()
+        return self.state()
+
+    def seconds_until_half_open(self) -> float:
+        return self.shared.seconds_until_half_open() if self.using_shared() else self.local.seconds_until_half_open()
+
+    async def force_open(self) -> None:
+        """Open the breaker now (admin command); it half-opens after reset_timeout as usual."""
+        self.local.force_open()
+        await self.force_shared(OPEN)
+
+    async def force_close(self) -> None:
+        self.local.force_close()
+        await self.force_shared(CLOSED)
+
+    async def force_shared(self, state: str) -> None:
+        """The local breaker is already forced: it is the one in force while Redis is down."""
+        if not self.using_shared():
+            return
+        try:
+            await self.shared.force(state)
+        except SharedStateUnavailable as e:
+            self.shared_lost(e)
+        else:
+            self.observe(self.shared.state)
+
+    async def close(self) -> None:
+        for task in list(self.pending):
+            await task
+        if self.shared:
+            await self.shared.close()
+
+
+def breaker_stage(upstream: Upstream, state_url: str | None) -> BreakerStage:
+    """The upstream's breaker stage; with a profile `state` URL its state is kept in Redis."""
+    shared = None
+    if state_url:
+        # A trial's outcome comes within the upstream's timeout; one that does not come by
+        # then was lost with its instance, and new trials may go.
+        trial_lease = upstream.timeout + 1.0
+        shared = SharedBreakerState.connect(state_url, upstream.name, upstream.breaker, trial_lease)
+    return BreakerStage(upstream.name, upstream.breaker, shared)

@@ -1,0 +1,104 @@
+"""The `retry` stage: more tries for idempotent requests that failed in a way worth retrying.
+
+Every try goes through the stages inside this one (breaker, auth) again: a try the breaker
+refuses is not sent, and the client gets the last answer the upstream gave. The whole
+exchange, waits included, stays within the upstream's `timeout` (or the client's shorter
+`X-Ambassador-Timeout`): each try gets an equal share of the time left for the tries left,
+so a try that hangs still leaves time for the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import email.utils
+import random
+import time
+from typing import Callable
+
+from . import metrics
+from .errors import AmbassadorError
+from .exchange import UpstreamRequest, UpstreamResponse
+from .profile import RetryPolicy
+
+RETRIED_REASONS = frozenset({"timeout", "connect_error"})
+# Statuses whose Retry-After tells when to try again (RFC 9110 section 10.2.3).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+class RetryStage:
+    """The `retry` stage; `deadline_of` is the service's: when the request's time is up."""
+
+    name = "retry"
+
+    def __init__(self, upstream_name: str, policy: RetryPolicy, deadline_of: Callable[[UpstreamRequest], float]):
+        self.policy = policy
+        self.deadline_of = deadline_of
+        self.retries = metrics.RETRIES.labels(upstream_name)
+
+    def tries_for(self, request: UpstreamRequest) -> int:
+        if request.method not in self.policy.methods:
+            return 1
+        if request.retries is not None:
+            return min(self.policy.attempts, request.retries + 1)
+        return self.policy.attempts
+
+    def backoff(self, retry: int) -> float:
+        """Exponential from `backoff`, with jitter so that clients failing together spread out."""
+        ceiling = self.policy.backoff * 2 ** (retry - 1)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    async def __call__(self, request: UpstreamRequest, call_next) -> UpstreamResponse:
+        tries = self.tries_for(request)
+        deadline = self.deadline_of(request)
+        outcome: UpstreamResponse | AmbassadorError | None = None
+        sent = 0
+        while True:
+            attempt = request
+            if tries > 1:
+                # A shallow copy: the tries share the request's headers and notes.
+                attempt = copy.copy(request)
+                attempt.started = time.monotonic()
+                attempt.timeout = (deadline - attempt.started) / (tries - sent)
+            try:
+                outcome = await call_next(attempt)
+                retryable = outcome.status in self.policy.statuses
+            except AmbassadorError as e:
+                if e.reason == "circuit_open":
+                    if outcome is None:
+                        raise
+                    break  # a retry the breaker refuses is not sent: answer with the last outcome
+                outcome = e
+                retryable = e.reason in RETRIED_REASONS
+            sent += 1
+            if not retryable or sent == tries:
+                break
+            wait = max(self.backoff(sent), retry_after(outcome) or 0.0)
+            # Only retry when the wait leaves time for another try.
+            if time.monotonic() + wait >= deadline:
+                break
+            self.retries.inc()
+            await asyncio.sleep(wait)
+        return self.report(request, outcome, sent)
+
+    def report(self, request: UpstreamRequest, outcome: UpstreamResponse | AmbassadorError, sent: int) -> UpstreamResponse:
+        request.notes["attempts"] = sent
+        if isinstance(outcome, AmbassadorError):
+            outcome.headers["X-Ambassador-Attempts"] = str(sent)
+            raise outcome
+        outcome.headers["X-Ambassador-Attempts"] = str(sent)
+        return outcome
+
+
+def retry_after(outcome: UpstreamResponse | AmbassadorError) -> float | None:
+    """Seconds an upstream 429/503 asked to wait (delay-seconds or an HTTP-date)."""
+    if isinstance(outcome, AmbassadorError) or outcome.status not in RETRY_AFTER_STATUSES:
+        return None
+    value = outcome.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -1,0 +1,155 @@
+"""Two real ambassadors sharing breaker state through a real redis-server (SPEC 2 `state`, 5)."""
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from harness import Ambassador, FakeUpstream, Received, Reply
+from redis_server import RedisServer
+
+NAMES = ("spread", "trials", "restart")
+
+
+class Switch:
+    def __init__(self):
+        self.reply = Reply(200, body=b"ok")
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, req: Received) -> Reply:
+        with self.lock:
+            self.count += 1
+        return self.reply
+
+
+def profile(redis_url: str, servers: dict) -> str:
+    return f"state: {redis_url}\nupstreams:\n" + "".join(
+        f"""  {name}:
+    url: {server.url}
+    match: {{path_prefix: /{name}}}
+    timeout: 5s
+    breaker: {{fail_max: 3, reset_timeout: 2s, half_open_max: 2}}
+"""
+        for name, server in servers.items()
+    )
+
+
+@pytest.fixture(scope="module")
+def upstreams():
+    switches = {name: Switch() for name in NAMES}
+    servers = {name: FakeUpstream(switches[name]).__enter__() for name in NAMES}
+    yield {name: (switches[name], servers[name]) for name in NAMES}
+    for server in servers.values():
+        server.__exit__()
+
+
+@pytest.fixture(scope="module")
+def cluster(upstreams, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shared")
+    with RedisServer(folder) as redis:
+        text = profile(redis.url, {name: server for name, (_, server) in upstreams.items()})
+        (folder / "a").mkdir()
+        (folder / "b").mkdir()
+        with Ambassador(folder / "a", text) as a, Ambassador(folder / "b", text) as b:
+            yield a, b, text, folder
+
+
+def refused(answer) -> bool:
+    status, _, body = answer
+    return status == 503 and json.loads(body)["reason"] == "circuit_open"
+
+
+def test_an_open_breaker_stops_upstream_contact_from_every_instance_within_a_second(cluster, upstreams):
+    a, b, _, _ = cluster
+    switch, _ = upstreams["spread"]
+    assert b.get("/spread/x")[0] == 200  # b has seen it closed
+    switch.reply = Reply(500)
+    for _ in range(3):
+        assert a.get("/spread/x")[0] == 500
+    tripped = time.monotonic()
+    assert refused(a.get("/spread/x"))
+    while b.status()["upstreams"]["spread"]["breaker"] != "open":  # b, idle, sees it too
+        assert time.monotonic() - tripped < 1.5, "instance b does not see the breaker open"
+        time.sleep(0.05)
+    while not refused(b.get("/spread/x")):
+        assert time.monotonic() - tripped < 1.5, "instance b still contacts the upstream"
+        time.sleep(0.05)
+    contacts = switch.count
+    for instance in (a, b) * 5:
+        assert refused(instance.get("/spread/x"))
+    assert switch.count == contacts
+
+
+def test_half_open_trials_are_limited_across_instances(cluster, upstreams):
+    a, b, _, _ = cluster
+    switch, _ = upstreams["trials"]
+    switch.reply = Reply(500)
+    for _ in range(3):
+        assert a.get("/trials/x")[0] == 500
+    status, headers, _ = a.get("/trials/x")
+    assert status == 503
+    time.sleep(int(headers["Retry-After"]))
+    switch.reply = Reply(200, body=b"back", delay=1.5)
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda instance: instance.get("/trials/x"), (a, b) * 8))
+    assert switch.count == 3 + 2
+    assert sorted(status for status, _, _ in answers) == [200, 200] + [503] * 14
+    assert all(refused(answer) for answer in answers if answer[0] == 503)
+    # The successful trial closed it for both.
+    switch.reply = Reply(200, body=b"ok")
+    deadline = time.monotonic() + 1.5
+    while b.get("/trials/x")[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert a.get("/trials/x")[0] == 200
+
+
+def test_failure_counts_survive_an_instance_starting(cluster, upstreams):
+    a, b, text, folder = cluster
+    switch, _ = upstreams["restart"]
+    switch.reply = Reply(500)
+    for _ in range(2):
+        assert a.get("/restart/x")[0] == 500
+    (folder / "c").mkdir()
+    with Ambassador(folder / "c", text) as c:
+        assert c.get("/restart/x")[0] == 500  # the third consecutive failure, counted on top
+        assert refused(c.get("/restart/x"))
+    deadline = time.monotonic() + 1.5
+    while not refused(a.get("/restart/x")):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert switch.count <= 4  # a may have sent one before it saw the breaker open
+
+
+def test_redis_going_down_fails_no_request(tmp_path):
+    switch = Switch()
+    with FakeUpstream(switch) as server, RedisServer(tmp_path) as redis:
+        text = profile(redis.url, {"partner": server})
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        with Ambassador(tmp_path / "a", text) as a, Ambassador(tmp_path / "b", text) as b:
+            for instance in (a, b):
+                assert instance.get("/partner/x")[0] == 200
+            redis.kill()
+            for instance in (a, b) * 10:
+                assert instance.get("/partner/x")[0] == 200
+            for instance in (a, b):
+                instance.wait_for_log("partner: shared breaker state unreachable")
+                assert instance.output.count("shared breaker state unreachable") == 1
+            # Each instance now has its own breaker: failures on a open a's only.
+            switch.reply = Reply(500)
+            for _ in range(3):
+                assert a.get("/partner/x")[0] == 500
+            assert refused(a.get("/partner/x"))
+            assert a.status()["upstreams"]["partner"]["breaker"] == "open"
+            assert b.status()["upstreams"]["partner"]["breaker"] == "closed"
+            # Redis back (empty): the shared state, closed, is used again.
+            switch.reply = Reply(200)
+            redis.start()
+            deadline = time.monotonic() + 10
+            while b.get("/partner/x")[0] != 200 or "reachable again" not in b.output:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
