@@ -1,0 +1,160 @@
+"""Response aggregation (SPEC 6): one GET fans out to several upstreams at once.
+
+Each part is an ordinary `UpstreamRequest` handed to its upstream's `UpstreamService`, the
+path a direct request takes, so every part gets that upstream's auth, cache, breaker and retry.
+Plain Python; the mitmproxy addon is `compose.Aggregates`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import quote, unquote
+
+from multidict import CIMultiDict
+
+from .errors import AmbassadorError
+from .exchange import UpstreamRequest, UpstreamResponse
+from .profile import PLACEHOLDER_RE, Aggregate, Profile
+from .routing import check_no_dot_segments, join_path
+from .service import UpstreamService
+
+# Parts are decoded to be embedded, so ask upstreams for identity bodies.
+NOT_FORWARDED_TO_PARTS = frozenset({"accept-encoding"})
+
+
+def decoded_body(headers: CIMultiDict[str], body: bytes) -> bytes:
+    """The body without its Content-Encoding (upstreams may compress even when not asked to)."""
+    encoding = headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity") or not body:
+        return body
+    from mitmproxy.net.encoding import decode
+
+    try:
+        return decode(body, encoding)
+    except ValueError:
+        return body
+
+
+def embedded(response: UpstreamResponse) -> Any:
+    """A body as a JSON value: JSON bodies as JSON, others as text, an empty body as null."""
+    body = decoded_body(response.headers, response.body)
+    if not body:
+        return None
+    content_type = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    if not content_type or content_type == "application/json" or content_type.endswith("+json"):
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            pass
+    return body.decode("utf-8", "replace")
+
+
+def answer_of(error: AmbassadorError) -> UpstreamResponse:
+    """The ambassador's own answer for a request, as a response to embed or keep."""
+    headers = CIMultiDict({"Content-Type": "application/json", **error.headers})
+    return UpstreamResponse(error.status, "", headers, error.body())
+
+
+@dataclass(frozen=True)
+class CompiledAggregate:
+    aggregate: Aggregate
+    pattern: re.Pattern[str]
+
+
+class AggregateTable:
+    """The profile's aggregate paths as regular expressions, compiled once per profile."""
+
+    def __init__(self, profile: Profile):
+        self.entries = [CompiledAggregate(a, _compile(a.template)) for a in profile.aggregates.values()]
+
+    def match(self, path: str) -> tuple[Aggregate, dict[str, str]] | None:
+        """The aggregate serving this request path (no query) and its decoded captures."""
+        for entry in self.entries:
+            if m := entry.pattern.fullmatch(path):
+                return entry.aggregate, {name: unquote(value) for name, value in m.groupdict().items()}
+        return None
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    segments = []
+    for segment in template.split("/"):
+        m = PLACEHOLDER_RE.fullmatch(segment)
+        segments.append(f"(?P<{m.group(1)}>[^/]+)" if m else re.escape(segment))
+    return re.compile("/".join(segments))
+
+
+def part_path(template: str, captures: Mapping[str, str]) -> str:
+    """A part's path with the captures filled in, each confined to where it stands.
+
+    Captures are percent-encoded completely ('/', '?', '&', '#' included), and a part path
+    that would still hold a '.' or '..' segment is refused (upstreams may decode them).
+    """
+    path = PLACEHOLDER_RE.sub(lambda m: quote(captures[m.group(1)], safe=""), template)
+    check_no_dot_segments(path)
+    return path
+
+
+@dataclass
+class PartResult:
+    name: str
+    upstream: str
+    response: UpstreamResponse | None = None
+    error: AmbassadorError | None = None
+    notes: dict | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.response is None or self.response.status >= 400
+
+    def failure(self) -> dict:
+        if self.error is not None:
+            return {"status": self.error.status, "reason": self.error.reason, "error": self.error.message}
+        return {
+            "status": self.response.status,
+            "reason": "upstream_status",
+            "error": f"upstream {self.upstream} answered {self.response.status} {self.response.reason}".rstrip(),
+            "body": embedded(self.response),
+        }
+
+
+async def fan_out(
+    services: Mapping[str, UpstreamService], aggregate: Aggregate, captures: Mapping[str, str], template: UpstreamRequest
+) -> tuple[int, dict, list[PartResult]]:
+    """Request every part concurrently; the answer's status, its JSON document, and the parts.
+
+    `template` carries the client's headers and overrides (timeout...); parts are GETs with no body.
+    Raises AmbassadorError (bad_request) before any upstream contact when a capture is hostile.
+    """
+    headers = CIMultiDict((k, v) for k, v in template.headers.items() if k.lower() not in NOT_FORWARDED_TO_PARTS)
+    planned = []
+    for name, part in aggregate.parts.items():
+        service = services[part.upstream]
+        path = join_path(service.upstream.url.base_path, part_path(part.path, captures))
+        request = dataclasses.replace(template, method="GET", path=path, headers=headers.copy(), body=b"", notes={})
+        planned.append((name, service, request))
+    results = await asyncio.gather(*(_run_part(name, service, request) for name, service, request in planned))
+    document: dict[str, Any] = {}
+    errors = {}
+    for result in results:
+        if result.failed:
+            errors[result.name] = result.failure()
+        else:
+            document[result.name] = embedded(result.response)
+    if errors:
+        document["_errors"] = errors
+    status = 502 if len(errors) == len(results) else 200
+    return status, document, list(results)
+
+
+async def _run_part(name: str, service: UpstreamService, request: UpstreamRequest) -> PartResult:
+    result = PartResult(name, service.upstream.name, notes=request.notes)
+    try:
+        result.response = await service.handle(request)
+    except AmbassadorError as e:
+        result.error = e
+    return result

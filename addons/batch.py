@@ -1,0 +1,144 @@
+"""`POST /_ambassador/batch` (SPEC 6): several requests in one, run concurrently.
+
+Each item is routed like a request addressed to the ambassador (`match.path_prefix`) and handed
+to its upstream's service, so it gets that upstream's policies. The whole batch is checked
+before anything is sent: one bad item refuses the batch with 400 and no upstream is contacted.
+Plain Python; the mitmproxy addon is `compose.Batch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Mapping
+
+from mitmproxy import http
+from multidict import CIMultiDict
+
+from .aggregate import NOT_FORWARDED_TO_PARTS, answer_of, embedded
+from .ambassador import to_upstream_request
+from .errors import AmbassadorError
+from .exchange import UpstreamRequest
+from .profile import ADMIN_PREFIX, HTTP_METHODS
+from .routing import Route, RouteTable
+from .service import UpstreamService
+
+MAX_ITEMS = 100
+MAX_BODY = 1024 * 1024  # bytes of the whole batch document
+ITEM_KEYS = frozenset({"method", "path", "headers", "body"})
+TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters; a tab is allowed
+# They describe the body on the wire, not the decoded body embedded in the answer.
+WIRE_HEADERS = frozenset({"content-length", "content-encoding", "transfer-encoding"})
+
+
+@dataclass
+class BatchItem:
+    route: Route
+    request: UpstreamRequest
+
+
+def bad(message: str) -> AmbassadorError:
+    return AmbassadorError("bad_request", message)
+
+
+def parse_batch(body: bytes, routes: RouteTable) -> list[BatchItem]:
+    """Validate and route a batch document; raises AmbassadorError(bad_request) on any problem."""
+    if len(body) > MAX_BODY:
+        raise bad(f"a batch is at most {MAX_BODY} bytes, got {len(body)}")
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        raise bad("a batch must be a JSON list of requests; the body is not valid JSON") from None
+    if not isinstance(document, list):
+        raise bad(f"a batch must be a JSON list of requests, got a JSON {type(document).__name__}")
+    if len(document) > MAX_ITEMS:
+        raise bad(f"a batch holds at most {MAX_ITEMS} requests, got {len(document)}")
+    items = []
+    for index, raw in enumerate(document):
+        try:
+            items.append(_parse_item(raw, routes))
+        except AmbassadorError as e:
+            raise bad(f"batch item {index}: {e.message}") from None
+    return items
+
+
+def _parse_item(raw: Any, routes: RouteTable) -> BatchItem:
+    if not isinstance(raw, dict):
+        raise bad(f"must be an object with method, path, headers, body; got a JSON {type(raw).__name__}")
+    if unknown := raw.keys() - ITEM_KEYS:
+        raise bad(f"unknown keys {sorted(unknown)} (allowed: {', '.join(sorted(ITEM_KEYS))})")
+    method = raw.get("method", "GET")
+    if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+        raise bad(f"method must be one of {', '.join(sorted(HTTP_METHODS))}, got {method!r}")
+    path = raw.get("path")
+    if not isinstance(path, str) or not path.startswith("/") or BAD_VALUE_RE.search(path) or " " in path:
+        raise bad(f"path must be a path on the ambassador starting with '/', got {path!r}")
+    if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+        raise bad(f"{ADMIN_PREFIX}/ paths cannot be batched")
+    headers = _headers(raw.get("headers") or {})
+    body = _body(raw.get("body"), headers)
+    try:
+        route = routes.for_path(path)
+    except AmbassadorError as e:
+        raise bad(e.message) from None
+    return BatchItem(route, upstream_request(method.upper(), route, headers, body))
+
+
+def _headers(raw: Any) -> CIMultiDict[str]:
+    if not isinstance(raw, dict):
+        raise bad(f"headers must be an object of names to strings, got a JSON {type(raw).__name__}")
+    headers = CIMultiDict()
+    for name, value in raw.items():
+        if not TOKEN_RE.match(name) or not isinstance(value, str) or BAD_VALUE_RE.search(value):
+            raise bad(f"header {name!r}: names must be HTTP tokens and values strings without control characters")
+        if any(ord(c) > 0xFF for c in value):
+            raise bad(f"header {name!r}: values must be ISO-8859-1 text (HTTP header bytes)")
+        headers.add(name, value)
+    return headers
+
+
+def _body(raw: Any, headers: CIMultiDict[str]) -> bytes:
+    """null: no body; a string: sent as UTF-8 text; any other JSON value: sent as JSON."""
+    if raw is None:
+        return b""
+    if isinstance(raw, str):
+        try:
+            return raw.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad("body holds a lone surrogate, which is not Unicode text") from None
+    headers.setdefault("Content-Type", "application/json")
+    return json.dumps(raw).encode()
+
+
+def upstream_request(method: str, route: Route, headers: CIMultiDict[str], body: bytes) -> UpstreamRequest:
+    """The item as the Forwarder would send it: the same header rules and `X-Ambassador-*` overrides."""
+    fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    request = to_upstream_request(SimpleNamespace(request=http.Request.make(method, "http://batch.invalid/", body, fields)), route)
+    for name in NOT_FORWARDED_TO_PARTS:  # bodies are embedded in the answer: ask for identity bodies
+        request.headers.popall(name, None)
+    return request
+
+
+async def run_batch(items: list[BatchItem], services: Mapping[str, UpstreamService]) -> list[dict]:
+    """Run the items concurrently; their answers in the items' order."""
+    return list(await asyncio.gather(*(_run_item(item, services[item.route.upstream.name]) for item in items)))
+
+
+async def _run_item(item: BatchItem, service: UpstreamService) -> dict:
+    name = service.upstream.name
+    try:
+        answer = await service.handle(item.request)
+    except AmbassadorError as e:
+        e.upstream = e.upstream or name
+        answer = answer_of(e)
+    headers: dict[str, str] = {}
+    for key, value in answer.headers.items():
+        if key.lower() in WIRE_HEADERS:
+            continue
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    headers["X-Ambassador-Upstream"] = name
+    return {"status": answer.status, "headers": headers, "body": embedded(answer)}

@@ -1,0 +1,178 @@
+"""The mitmproxy addons that compose upstream requests: aggregates, batch, async jobs (SPEC 6, 7).
+
+Thin hooks around the plain-Python `aggregate`, `batch` and `jobs` modules. Their places in
+`make_addons()`: `Aggregates`, `Batch` and `JobEndpoint` before `AdminEndpoints` (they answer
+paths the Router would refuse), `RespondAsync` between `Router` and `Forwarder` (it takes over
+routed flows that ask for an asynchronous answer).
+"""
+
+from __future__ import annotations
+
+import re
+
+from mitmproxy import ctx, http
+
+from .aggregate import AggregateTable, fan_out
+from .ambassador import ProfileManager, attached, error_response, json_response, to_upstream_request
+from .batch import parse_batch, run_batch
+from .errors import AmbassadorError
+from .gateway import Gateway
+from .jobs import Jobs
+from .profile import ADMIN_PREFIX
+from .routing import Route
+
+BATCH_PATH = f"{ADMIN_PREFIX}/batch"
+JOBS_PREFIX = f"{ADMIN_PREFIX}/jobs/"
+RETRY_AFTER_SECONDS = "1"  # polling interval suggested for running jobs
+
+
+def _handled(flow: http.HTTPFlow) -> bool:
+    return bool(flow.response or flow.error or not flow.live)
+
+
+def _only_path(flow: http.HTTPFlow) -> str:
+    return flow.request.path.split("?", 1)[0]
+
+
+def _refuse_when_replaying(flow: http.HTTPFlow) -> None:
+    """`./run.sh replay` never contacts upstreams: server playback answered every recorded request."""
+    if ctx.options.server_replay:
+        raise AmbassadorError("not_recorded", f"no recorded response for {flow.request.method} {flow.request.path}")
+
+
+class Aggregates:
+    """`GET` on an aggregate path of the profile: its parts, requested concurrently, as one JSON."""
+
+    def __init__(self, manager: ProfileManager):
+        self.manager = manager
+        self.compiled: tuple[Gateway | None, AggregateTable | None] = (None, None)
+
+    def table(self, gateway: Gateway) -> AggregateTable:
+        """Compiled once per loaded profile."""
+        if self.compiled[0] is not gateway:
+            self.compiled = (gateway, AggregateTable(gateway.profile))
+        return self.compiled[1]
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        gateway = self.manager.gateway
+        if _handled(flow) or not gateway.profile.aggregates:
+            return
+        request = flow.request
+        if gateway.routes.for_host(request.host, request.port) or request.port != flow.client_conn.sockname[1]:
+            return  # a proxy request for an upstream's host, not addressed to the ambassador
+        found = self.table(gateway).match(_only_path(flow))
+        if found is None:
+            return
+        aggregate, captures = found
+        try:
+            if request.method != "GET":
+                raise AmbassadorError("bad_request", f"aggregate {aggregate.template} answers GET only")
+            _refuse_when_replaying(flow)
+            first = gateway.profile.upstreams[next(iter(aggregate.parts.values())).upstream]
+            template = to_upstream_request(flow, Route(first, request.path))  # the client's headers and timeout
+            status, document, parts = await fan_out(gateway.services, aggregate, captures, template)
+        except AmbassadorError as e:
+            e.upstream = None  # the aggregate's own problem, not one upstream's
+            flow.response = error_response(e)
+            return
+        flow.response = json_response(status, document)
+        flow.metadata["ambassador"] = {
+            "aggregate": aggregate.template,
+            "parts": {
+                part.name: {
+                    "upstream": part.upstream,
+                    "status": part.response.status if part.response else part.error.status,
+                    **{k: v for k, v in part.notes.items() if k != "shown_headers"},
+                }
+                for part in parts
+            },
+        }
+
+
+class Batch:
+    """`POST /_ambassador/batch`: a JSON list of requests, answered in order."""
+
+    def __init__(self, manager: ProfileManager):
+        self.manager = manager
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if _handled(flow) or _only_path(flow) != BATCH_PATH:
+            return
+        gateway = self.manager.gateway
+        try:
+            if flow.request.method != "POST":
+                raise AmbassadorError("bad_request", f"{BATCH_PATH} answers POST only")
+            items = parse_batch(flow.request.raw_content or b"", gateway.routes)
+            _refuse_when_replaying(flow)
+        except AmbassadorError as e:
+            flow.response = error_response(e)
+            return
+        flow.response = json_response(200, await run_batch(items, gateway.services))
+        flow.metadata["ambassador"] = {"batch": [item.route.upstream.name for item in items]}
+
+
+class JobEndpoint:
+    """`GET /_ambassador/jobs/{id}`: 202 while running, then the upstream's answer; 404 when unknown."""
+
+    def __init__(self, jobs: Jobs):
+        self.jobs = jobs
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        path = _only_path(flow)
+        if _handled(flow) or not path.startswith(JOBS_PREFIX):
+            return
+        job_id = path[len(JOBS_PREFIX):]
+        if flow.request.method != "GET":
+            flow.response = error_response(AmbassadorError("bad_request", f"{JOBS_PREFIX}{{id}} answers GET only"))
+            return
+        job = await self.jobs.lookup(job_id)
+        if job is None:
+            flow.response = error_response(AmbassadorError("not_found", f"no job {job_id} (unknown, or its result expired)"))
+        elif job.running:
+            flow.response = json_response(
+                202,
+                {"id": job.id, "status": "running", "upstream": job.upstream},
+                {"Retry-After": RETRY_AFTER_SECONDS, "Location": f"{JOBS_PREFIX}{job.id}", "X-Ambassador-Upstream": job.upstream},
+            )
+        else:
+            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in job.headers]
+            flow.response = http.Response.make(job.status, job.body, headers)
+        flow.metadata["ambassador"] = {"job": job_id}
+
+
+PREFER_ASYNC_RE = re.compile(r"(?:^|,)\s*respond-async\s*(?:[;,]|$)", re.IGNORECASE)
+
+
+class RespondAsync:
+    """`Prefer: respond-async` on an upstream with `async`: 202 and a job, the exchange in the background."""
+
+    def __init__(self, jobs: Jobs):
+        self.jobs = jobs
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if _handled(flow) or not (found := attached(flow)):
+            return
+        service, route = found
+        if service.upstream.async_ is None or not any(
+            PREFER_ASYNC_RE.search(value) for value in flow.request.headers.get_all("Prefer")
+        ):
+            return
+        name = service.upstream.name
+        try:
+            _refuse_when_replaying(flow)
+            request = to_upstream_request(flow, route)
+        except AmbassadorError as e:
+            flow.response = error_response(e)
+            return
+        request.headers.popall("Prefer", None)  # the preference was for us; the upstream is synchronous
+        job_id = await self.jobs.submit(service, request)
+        location = f"{JOBS_PREFIX}{job_id}"
+        flow.response = json_response(
+            202,
+            {"id": job_id, "status": "running", "upstream": name, "location": location},
+            {"Location": location, "Preference-Applied": "respond-async", "X-Ambassador-Upstream": name},
+        )
+        flow.metadata["ambassador"]["job"] = job_id
+
+    def done(self) -> None:
+        self.jobs.shutdown()

@@ -1,0 +1,72 @@
+"""The async job store as plain Python: results, expiry, interrupted jobs (SPEC 7)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from addons.jobs import JobStore, _owner_gone
+
+HOST = socket.gethostname()
+
+
+def store(tmp_path, owner=f"{HOST}:{os.getpid()}:me") -> JobStore:
+    return JobStore(tmp_path / "state" / "jobs.sqlite3", owner)
+
+
+def test_a_job_runs_then_keeps_its_result_until_it_expires(tmp_path):
+    s = store(tmp_path)
+    s.create("job1", "legacy", keep=60, deadline=1000)
+    job = s.get("job1", now=10)
+    assert job.running and job.upstream == "legacy"
+    s.finish("job1", 201, [("X-A", "1")], b"body", now=20)
+    job = s.get("job1", now=21)
+    assert (job.running, job.status, job.headers, job.body) == (False, 201, [("X-A", "1")], b"body")
+    assert s.get("job1", now=79.9) is not None
+    assert s.get("job1", now=80) is None
+    assert s.purge(now=80) == ["legacy"]
+    assert s.get("unknown", now=0) is None
+
+
+def test_a_result_is_written_once(tmp_path):
+    s = store(tmp_path)
+    s.create("job1", "legacy", keep=60, deadline=1000)
+    s.finish("job1", 200, [], b"first", now=1)
+    s.finish("job1", 502, [], b"second", now=2)
+    assert s.get("job1", now=3).body == b"first"
+
+
+def test_results_are_on_disk_for_the_next_process(tmp_path):
+    s = store(tmp_path)
+    s.create("job1", "legacy", keep=60, deadline=1000)
+    s.finish("job1", 200, [], b"kept", now=1)
+    s.close()
+    assert store(tmp_path, "other:1:x").get("job1", now=2).body == b"kept"
+
+
+def test_a_running_job_past_its_deadline_is_interrupted(tmp_path):
+    s = store(tmp_path)
+    s.create("job1", "legacy", keep=60, deadline=100)
+    assert s.get("job1", now=99).running
+    job = s.get("job1", now=101)
+    assert job.status == 502 and json.loads(job.body)["reason"] == "job_interrupted"
+
+
+def test_jobs_of_gone_owners_are_interrupted(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    s = store(tmp_path)
+    s.create("mine", "a", 60, 1000)
+    s.create("dead", "b", 60, 1000)
+    s.create("alive", "c", 60, 1000)
+    s.create("remote", "d", 60, 1000)
+    with s.lock:
+        s.db.execute("UPDATE jobs SET owner = ? WHERE id = 'dead'", (f"{HOST}:{dead_pid}:old",))
+        s.db.execute("UPDATE jobs SET owner = ? WHERE id = 'alive'", (f"{HOST}:{os.getppid()}:other",))
+        s.db.execute("UPDATE jobs SET owner = ? WHERE id = 'remote'", ("elsewhere:1:x",))
+    # A new process on this host with our pid (a restarted container), a new boot id:
+    gone = _owner_gone(f"{HOST}:{os.getpid()}:new")
+    assert sorted(s.interrupt(gone, now=5)) == ["a", "b"]
+    assert not s.get("mine", 6).running and not s.get("dead", 6).running
+    assert s.get("alive", 6).running and s.get("remote", 6).running

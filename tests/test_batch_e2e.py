@@ -1,0 +1,152 @@
+"""`POST /_ambassador/batch` through the real ambassador (SPEC 6)."""
+
+import json
+import time
+
+import pytest
+
+from harness import Ambassador, FakeUpstream, Received, Reply, echo
+
+DELAY = 0.6
+
+
+def slow_echo(req: Received) -> Reply:
+    reply = echo(req)
+    reply.delay = DELAY if "slow" in req.path else 0
+    if "fail" in req.path:
+        return Reply(500, [("Content-Type", "text/plain")], b"broken")
+    return reply
+
+
+@pytest.fixture(scope="module")
+def upstreams():
+    with FakeUpstream(slow_echo) as billing, FakeUpstream(echo) as crm:
+        yield {"billing": billing, "crm": crm}
+
+
+@pytest.fixture(scope="module")
+def amb(upstreams, tmp_path_factory):
+    profile = f"""
+upstreams:
+  billing:
+    url: {upstreams['billing'].url}/v2
+    match: {{path_prefix: /billing}}
+  crm:
+    url: {upstreams['crm'].url}
+    match: {{path_prefix: /crm}}
+    timeout: 300ms
+  dead:
+    url: http://127.0.0.1:1
+    match: {{path_prefix: /dead}}
+  partner:
+    url: {upstreams['crm'].url}/partner
+    match: {{path_prefix: /partner}}
+    auth: {{type: header, name: X-Api-Key, value: partner-key}}
+"""
+    with Ambassador(tmp_path_factory.mktemp("batch"), profile) as a:
+        yield a
+
+
+def batch(amb, items) -> tuple[int, object]:
+    body = items if isinstance(items, bytes) else json.dumps(items).encode()
+    status, _, raw = amb.request("POST", "/_ambassador/batch", {"Content-Type": "application/json"}, body)
+    return status, json.loads(raw)
+
+
+def contacts(upstreams) -> int:
+    return sum(len(u.received) for u in upstreams.values())
+
+
+def test_items_run_concurrently_through_routing_and_answer_in_order(amb):
+    items = [{"method": "GET", "path": f"/billing/slow/{n}?q={n}", "headers": {"X-Trace": str(n)}, "body": None} for n in range(5)]
+    items.append({"method": "POST", "path": "/crm/contacts", "headers": {"Content-Type": "text/plain"}, "body": "hello"})
+    items.append({"method": "put", "path": "/crm/contacts/1", "body": {"name": "Ada"}})
+    started = time.monotonic()
+    status, answers = batch(amb, items)
+    elapsed = time.monotonic() - started
+    assert status == 200
+    assert len(answers) == len(items)
+    for n in range(5):
+        assert answers[n]["status"] == 200
+        assert answers[n]["headers"]["X-Ambassador-Upstream"] == "billing"
+        assert "Content-Length" not in answers[n]["headers"]  # it described the body on the wire
+        assert answers[n]["body"]["path"] == f"/v2/slow/{n}?q={n}"
+        assert ["X-Trace", str(n)] in answers[n]["body"]["headers"]
+    assert answers[5]["body"]["method"] == "POST" and answers[5]["body"]["body"] == "hello"
+    put = answers[6]["body"]
+    assert put["method"] == "PUT" and json.loads(put["body"]) == {"name": "Ada"}
+    assert ["Content-Type", "application/json"] in put["headers"]
+    assert elapsed < 3 * DELAY, elapsed  # five slow items, one after another, would take 3 s
+
+
+def test_failures_are_answered_per_item(amb):
+    status, answers = batch(amb, [
+        {"path": "/billing/fail"},
+        {"path": "/dead/x"},
+        {"path": "/crm/ok"},
+    ])
+    assert status == 200
+    assert answers[0]["status"] == 500 and answers[0]["body"] == "broken"
+    assert answers[1]["status"] == 502
+    assert answers[1]["body"]["reason"] == "connect_error" and answers[1]["body"]["upstream"] == "dead"
+    assert answers[2]["status"] == 200
+
+
+def test_an_empty_batch_is_an_empty_answer(amb):
+    assert batch(amb, []) == (200, [])
+
+
+@pytest.mark.parametrize("body, problem", [
+    (b"{not json", "not valid JSON"),
+    (b'{"path": "/crm/x"}', "JSON list"),
+    (json.dumps([{"path": "/crm/x"}, "GET /crm/y"]).encode(), "item 1"),
+    (json.dumps([{"method": "BREW", "path": "/crm/x"}]).encode(), "method"),
+    (json.dumps([{"method": "GET"}]).encode(), "path"),
+    (json.dumps([{"path": "crm/x"}]).encode(), "path"),
+    (json.dumps([{"path": "/crm/x\r\nX-Injected: 1"}]).encode(), "path"),
+    (json.dumps([{"path": "/nowhere/x"}]).encode(), "no upstream serves /nowhere/x"),
+    (json.dumps([{"path": "/crm/../billing/x"}]).encode(), "'..'"),
+    (json.dumps([{"path": "/_ambassador/batch"}]).encode(), "cannot be batched"),
+    (json.dumps([{"path": "/crm/x", "headers": {"X-A": "1\r\nX-B: 2"}}]).encode(), "header"),
+    (json.dumps([{"path": "/crm/x", "headers": {"bad name": "1"}}]).encode(), "header"),
+    (json.dumps([{"path": "/crm/x", "headers": ["X-A", "1"]}]).encode(), "headers"),
+    (json.dumps([{"path": "/crm/x", "headers": {"X-A": "\u20ac"}}]).encode(), "ISO-8859-1"),
+    (b'[{"path": "/crm/x", "body": "\\ud800"}]', "lone surrogate"),
+    (json.dumps([{"path": "/crm/x", "header": {}}]).encode(), "unknown keys"),
+    (json.dumps([{"path": "/crm/x", "headers": {"X-Ambassador-Timeout": "soon"}}]).encode(), "X-Ambassador-Timeout"),
+    (json.dumps([{"path": "/crm/x"}] * 101).encode(), "at most 100"),
+    (json.dumps([{"path": "/crm/x", "body": "x" * (1024 * 1024)}]).encode(), "at most 1048576 bytes"),
+    (b"[" * 100000, "not valid JSON"),
+])
+def test_bad_input_is_refused_whole_without_upstream_contact(amb, upstreams, body, problem):
+    before = contacts(upstreams)
+    status, answer = batch(amb, body)
+    assert status == 400, answer
+    assert answer["reason"] == "bad_request"
+    assert problem in answer["error"]
+    assert contacts(upstreams) == before
+
+
+def test_batch_answers_post_only(amb):
+    status, _, raw = amb.get("/_ambassador/batch")
+    assert status == 400 and json.loads(raw)["reason"] == "bad_request"
+
+
+def test_item_timeout_override_and_upstream_timeout(amb, upstreams):
+    status, answers = batch(amb, [
+        {"path": "/billing/slow/x", "headers": {"X-Ambassador-Timeout": "100ms"}},
+        {"path": "/billing/quick"},
+    ])
+    assert status == 200
+    assert answers[0]["status"] == 504 and answers[0]["body"]["reason"] == "timeout"
+    assert answers[1]["status"] == 200
+    sent = next(r for r in reversed(upstreams["billing"].received) if r.path == "/v2/slow/x")
+    assert sent.header("X-Ambassador-Timeout") is None  # the ambassador's override, not forwarded
+
+
+def test_items_get_their_upstreams_policies(amb):
+    status, answers = batch(amb, [{"path": "/partner/x", "headers": {"X-Api-Key": "client-key", "Accept-Encoding": "gzip"}}])
+    assert status == 200
+    sent = dict((k.lower(), v) for k, v in answers[0]["body"]["headers"])
+    assert sent["x-api-key"] == "partner-key"
+    assert "accept-encoding" not in sent  # bodies are embedded in the answer: identity only
