@@ -115,7 +115,9 @@ case "$command" in
         [[ $# -ge 2 ]] || die "usage: ./run.sh record FILE [PROFILE] [MITM OPTIONS...]"
         file=$2; shift 2
         profile=$(profile_arg "$@"); [[ $# -gt 0 && "$1" != -* ]] && shift
-        serve dump "$profile" --save-stream-file "$file" "$@"
+        # The ambassador's own endpoints (status, metrics) are not recorded: replay answers them live.
+        serve dump "$profile" --save-stream-file "$file" \
+            --set 'save_stream_filter=!~u "://[^/]+/_ambassador([/?]|$)"' "$@"
         ;;
     replay)
         [[ $# -ge 2 ]] || die "usage: ./run.sh replay FILE [PROFILE] [MITM OPTIONS...]"

@@ -13,8 +13,7 @@ EXIT_BAD_PROFILE = 2
 
 
 def check(argv: list[str]) -> int:
-    from .ambassador import PROFILES_DIR
-    from .profile import ProfileError, load_profile, resolve_profile_name
+    from .profile import PROFILES_DIR, ProfileError, load_profile, resolve_profile_name
 
     if len(argv) != 1:
         print("usage: run.sh check PROFILE", file=sys.stderr)
@@ -28,7 +27,27 @@ def check(argv: list[str]) -> int:
     return 0
 
 
+def refuse_broken_profile(argv: list[str]) -> bool:
+    """Validate the profile given as `--set ambassador_profile=...` before mitmproxy is imported
+    (seconds on a busy machine), so that a broken one stops start-up at once (SPEC: within 5 s)."""
+    from .profile import PROFILES_DIR, ProfileError, load_profile, resolve_profile_name
+
+    option = "ambassador_profile="
+    given = [value for flag, value in zip(argv, argv[1:]) if flag == "--set" and value.startswith(option)]
+    given += [arg.removeprefix("--set=") for arg in argv if arg.startswith("--set=" + option)]
+    if not given:
+        return False
+    try:
+        load_profile(resolve_profile_name(given[-1].removeprefix(option), PROFILES_DIR))
+    except ProfileError as e:
+        print(f"ambassador: {e}", file=sys.stderr)
+        return True
+    return False
+
+
 def serve(tool: str, argv: list[str]) -> int:
+    if refuse_broken_profile(argv):
+        return EXIT_BAD_PROFILE
     from mitmproxy.tools import cmdline, main
 
     from .ambassador import make_addons
@@ -37,10 +56,19 @@ def serve(tool: str, argv: list[str]) -> int:
         from mitmproxy.tools.web.master import WebMaster as Base
 
         make_parser = cmdline.mitmweb
+        tool_defaults = {
+            # The flow list shows what the ambassador did to each flow (operations.ExchangeObserver).
+            "web_columns": ["tls", "icon", "path", "method", "status", "size", "time", "comment"],
+            # mitmweb's own default, 8081, is where ./run.sh starts the bundled demo service.
+            "web_port": 8082,
+        }
     else:
         from mitmproxy.tools.dump import DumpMaster as Base
 
         make_parser = cmdline.mitmdump
+        # operations.ExchangeObserver logs one line per exchange instead of the dumper's flow
+        # printout; `--set flow_detail=N` (or -v) brings the dumper back.
+        tool_defaults = {"flow_detail": 0}
 
     ambassador = make_addons()
 
@@ -49,7 +77,7 @@ def serve(tool: str, argv: list[str]) -> int:
             super().__init__(options, **kwargs)
             self.addons.add(*ambassador)
             # Defaults for a sidecar: loopback only; a dead upstream must still reach our hooks.
-            options.update(listen_host="127.0.0.1", connection_strategy="lazy")
+            options.update(listen_host="127.0.0.1", connection_strategy="lazy", **tool_defaults)
 
     sys.argv[0] = "ambassador"
     try:

@@ -22,14 +22,13 @@ from multidict import CIMultiDict
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse, end_to_end
 from .gateway import Gateway
-from .profile import ADMIN_PREFIX, ProfileError, duration, load_profile, resolve_profile_name
+from .operations import AdminCommands, ConnectionLog, ExchangeObserver, MetricsEndpoint
+from .profile import ADMIN_PREFIX, PROFILES_DIR, ProfileError, duration, load_profile, resolve_profile_name
 from .routing import Route
 from .service import UpstreamService
 
 log = logging.getLogger("ambassador")
 
-ROOT = Path(__file__).resolve().parent.parent
-PROFILES_DIR = ROOT / "profiles"
 DEFAULT_PROFILE = PROFILES_DIR / "default.yaml"
 WATCH_INTERVAL = 1.0
 
@@ -219,10 +218,14 @@ class Forwarder:
         service, route = attached
         upstream_request = None
         try:
+            if ctx.options.server_replay:
+                # `./run.sh replay`: server playback answered every recorded request before us.
+                raise AmbassadorError("not_recorded", f"no recorded response for {flow.request.method} {flow.request.path}")
             upstream_request = to_upstream_request(flow, route)
             answer = await service.handle(upstream_request)
         except AmbassadorError as e:
             e.upstream = e.upstream or service.upstream.name
+            flow.metadata["ambassador"]["reason"] = e.reason
             flow.response = error_response(e)
         else:
             flow.response = to_mitm_response(answer, flow.request.http_version, service.upstream.name)
@@ -237,7 +240,7 @@ def record_notes(flow: http.HTTPFlow, request: UpstreamRequest) -> None:
     (redacted) values the stages sent upstream, so that no secret reaches a flow file.
     """
     notes = dict(request.notes)
-    for name, value in notes.pop("shown_headers", {}).items():
+    for name, value in notes.get("shown_headers", {}).items():
         flow.request.headers[name] = value
     flow.metadata["ambassador"].update(notes)
 
@@ -250,6 +253,11 @@ def to_upstream_request(flow: http.HTTPFlow, route: Route) -> UpstreamRequest:
             timeout = duration(headers["X-Ambassador-Timeout"])
         except ValueError:
             raise AmbassadorError("bad_request", "X-Ambassador-Timeout must be a duration like 2s or 500ms", route.upstream.name) from None
+    retries = None
+    if "X-Ambassador-Retries" in headers:
+        if not headers["X-Ambassador-Retries"].strip().isdigit():
+            raise AmbassadorError("bad_request", "X-Ambassador-Retries must be a number of retries (0 disables them)", route.upstream.name)
+        retries = int(headers["X-Ambassador-Retries"])
     ambassador_headers = [k for k in headers if k.lower().startswith("x-ambassador-")]
     return UpstreamRequest(
         method=flow.request.method,
@@ -257,6 +265,7 @@ def to_upstream_request(flow: http.HTTPFlow, route: Route) -> UpstreamRequest:
         headers=end_to_end(headers, "host", "content-length", *ambassador_headers),
         body=flow.request.raw_content or b"",
         timeout=timeout,
+        retries=retries,
     )
 
 
@@ -297,11 +306,23 @@ class NoDirectUpstream:
 def make_addons() -> list:
     """The addons in hook order. Addons answering other `/_ambassador/...` paths go before
     AdminEndpoints; addons acting on routed flows go between Router and Forwarder."""
+    from .compose import Aggregates, Batch, JobEndpoint, RespondAsync  # they build on this module
+    from .jobs import Jobs
+
     manager = ProfileManager()
+    jobs = Jobs()
     return [
         manager,
+        MetricsEndpoint(),
+        Aggregates(manager),
+        Batch(manager),
+        JobEndpoint(jobs),
         AdminEndpoints(manager),
         Router(manager),
+        RespondAsync(jobs),
         Forwarder(),
         NoDirectUpstream(),
+        ExchangeObserver(),  # last: sees every answer, whoever gave it
+        ConnectionLog(),
+        AdminCommands(manager),
     ]

@@ -16,7 +16,8 @@ class Gateway:
         self.routes = RouteTable(profile)
         self.stats: dict[str, UpstreamStats] = previous.stats if previous else {}
         self.services: dict[str, UpstreamService] = {}
-        kept = previous.services if previous else {}
+        # Shared state (`state:`) backs the cache and breaker stages: a change rebuilds them all.
+        kept = previous.services if previous and previous.profile.state == profile.state else {}
         for name, upstream in profile.upstreams.items():
             old = kept.get(name)
             if old is not None and old.upstream == upstream:
@@ -25,7 +26,7 @@ class Gateway:
                 continue
             try:
                 self.services[name] = UpstreamService(
-                    upstream, self.stats.setdefault(name, UpstreamStats()), build_stages(upstream, self)
+                    upstream, self.stats.setdefault(name, UpstreamStats()), build_stages(upstream, profile)
                 )
             except (ssl.SSLError, OSError) as e:
                 raise ProfileError(str(profile.path), [(f"upstreams.{name}.tls", f"cannot use the certificates: {e}")]) from None

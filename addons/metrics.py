@@ -5,7 +5,11 @@ Stages and addons increment these directly; `/_ambassador/metrics` renders `REGI
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# `*_created` series (a timestamp per label set) double the output and tell a scraper nothing
+# that the process start time does not.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry()
 

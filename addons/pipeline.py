@@ -8,30 +8,28 @@ then the transport.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from functools import partial
 
 from .auth import auth_stage
 from .breaker import breaker_stage
 from .cache import CacheStage, make_store
-from .profile import Upstream
+from .profile import Profile, Upstream
 from .retry import RetryStage
-from .service import Stage
+from .service import Stage, deadline_of
 from .soap import SoapStage
 
-if TYPE_CHECKING:
-    from .gateway import Gateway
 
-
-def build_stages(upstream: Upstream, gateway: Gateway) -> list[Stage]:
+def build_stages(upstream: Upstream, profile: Profile) -> list[Stage]:
     stages: list[Stage] = []
+    deadline = partial(deadline_of, upstream)
     if upstream.soap:  # outermost: the stages below handle the SOAP exchange as it is on the wire
         stages.append(SoapStage(upstream))
     if upstream.cache:
-        stages.append(CacheStage(upstream, make_store(upstream, gateway.profile.state)))
+        stages.append(CacheStage(upstream, make_store(upstream, profile.state)))
     if upstream.retry:
-        stages.append(RetryStage(upstream.name, upstream.retry, lambda r: gateway.services[upstream.name].deadline_of(r)))
+        stages.append(RetryStage(upstream.name, upstream.retry, deadline))
     if upstream.breaker:
-        stages.append(breaker_stage(upstream, gateway.profile.state))
+        stages.append(breaker_stage(upstream, profile.state))
     if upstream.auth:
-        stages.append(auth_stage(upstream, gateway.profile.path, lambda r: gateway.services[upstream.name].deadline_of(r)))
+        stages.append(auth_stage(upstream, profile.path, deadline))
     return stages

@@ -34,6 +34,18 @@ class Stage(Protocol):
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse: ...
 
 
+def timeout_of(upstream: Upstream, request: UpstreamRequest) -> float:
+    """The upstream's timeout, or the client's shorter one (X-Ambassador-Timeout)."""
+    if request.timeout is not None:
+        return min(upstream.timeout, request.timeout)
+    return upstream.timeout
+
+
+def deadline_of(upstream: Upstream, request: UpstreamRequest) -> float:
+    """When the request's time is up (time.monotonic()), retries and token waits included."""
+    return request.started + timeout_of(upstream, request)
+
+
 @dataclass
 class UpstreamStats:
     """Counters kept across profile swaps, keyed by upstream name."""
@@ -66,17 +78,12 @@ class UpstreamService:
         report.update(self.stats.as_dict())
         return report
 
-    def timeout_of(self, request: UpstreamRequest) -> float:
-        if request.timeout is not None:
-            return min(self.upstream.timeout, request.timeout)
-        return self.upstream.timeout
-
     def deadline_of(self, request: UpstreamRequest) -> float:
-        return request.started + self.timeout_of(request)
+        return deadline_of(self.upstream, request)
 
     def timeout_error(self, request: UpstreamRequest) -> AmbassadorError:
         name = self.upstream.name
-        return AmbassadorError("timeout", f"upstream {name} did not answer within {self.timeout_of(request):g}s", name)
+        return AmbassadorError("timeout", f"upstream {name} did not answer within {timeout_of(self.upstream, request):g}s", name)
 
     async def send_once(self, request: UpstreamRequest) -> UpstreamResponse:
         """One exchange with the upstream, bounded by what is left of the request's timeout."""

@@ -1,0 +1,250 @@
+"""Operating the ambassador: what it did, for people and for Prometheus.
+
+- `MetricsEndpoint` answers `GET /_ambassador/metrics` from `metrics.REGISTRY`.
+- `ExchangeObserver` sees every answered flow once: it counts it in the metrics, writes one log
+  line per exchange (at info level, so `-q` silences it) and annotates the flow for mitmweb
+  (`flow.comment`, and `flow.marked` when something unusual happened). `ConnectionLog` keeps
+  mitmproxy's connection chatter out of that log unless asked for (-v).
+- `AdminCommands` are the mitmproxy commands that force breakers and clear caches.
+
+The observer runs in the `request` hook after the Forwarder, not in `response`: the Save addon
+(`./run.sh record`) writes flows in its `response` hook, before ours, and the recording should
+carry the annotations too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+
+from mitmproxy import command, ctx, exceptions, http
+from prometheus_client.exposition import choose_encoder
+
+from . import metrics
+from .errors import AmbassadorError
+from .profile import ADMIN_PREFIX
+
+log = logging.getLogger("ambassador")
+
+METRICS_PATH = f"{ADMIN_PREFIX}/metrics"
+ERROR_MARKER = ":no_entry:"  # the ambassador answered itself (circuit_open, timeout, ...)
+DEGRADED_MARKER = ":warning:"  # answered, but not plainly: stale copy, retries, breaker not closed
+REPLAY_MARKER = ":repeat:"  # answered from a recording (./run.sh replay)
+
+
+def is_admin_path(path: str) -> bool:
+    path = path.split("?", 1)[0]
+    return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
+
+
+class MetricsEndpoint:
+    """`GET /_ambassador/metrics`: Prometheus text format (OpenMetrics when the scraper asks)."""
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        if flow.request.path.split("?", 1)[0] != METRICS_PATH:
+            return
+        if flow.request.method not in ("GET", "HEAD"):
+            error = AmbassadorError("bad_request", f"{METRICS_PATH} answers GET only")
+            flow.response = http.Response.make(error.status, error.body(), {"Content-Type": "application/json"})
+            return
+        encode, content_type = choose_encoder(flow.request.headers.get("Accept", ""))
+        flow.response = http.Response.make(200, encode(metrics.REGISTRY), {"Content-Type": content_type})
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One answered request, as the ambassador handled it (from `flow.metadata["ambassador"]`)."""
+
+    method: str
+    path: str
+    status: int
+    seconds: float
+    upstream: str | None = None
+    cache: str | None = None
+    breaker: str | None = None
+    attempts: int | None = None
+    auth: str | None = None
+    shown_headers: Mapping[str, str] = field(default_factory=dict)  # already redacted by the auth stage
+    reason: str | None = None  # set when the ambassador answered itself
+    replayed: bool = False
+
+    @classmethod
+    def of(cls, flow: http.HTTPFlow, now: float) -> Exchange:
+        notes = flow.metadata.get("ambassador", {})
+        replayed = flow.is_replay == "response"
+        upstream = notes.get("upstream")
+        if upstream is None and replayed:
+            upstream = flow.response.headers.get("X-Ambassador-Upstream")  # recorded with the response
+        return cls(
+            method=flow.request.method,
+            path=flow.request.path,
+            status=flow.response.status_code,
+            seconds=max(0.0, now - flow.request.timestamp_start),
+            upstream=upstream,
+            cache=notes.get("cache"),
+            breaker=notes.get("breaker"),
+            attempts=notes.get("attempts"),
+            auth=notes.get("auth"),
+            shown_headers=notes.get("shown_headers", {}),
+            reason=notes.get("reason"),
+            replayed=replayed,
+        )
+
+    @property
+    def status_class(self) -> str:
+        return f"{self.status // 100}xx"
+
+    def log_line(self) -> str:
+        parts = [self.upstream or "-", self.method, self.path, str(self.status)]
+        parts.append(f"cache={self.cache or '-'}")
+        parts.append(f"attempts={self.attempts if self.attempts is not None else '-'}")
+        if self.reason:
+            parts.append(f"reason={self.reason}")
+        if self.replayed:
+            parts.append("replayed")
+        parts.append(f"{self.seconds * 1000:.0f}ms")
+        return " ".join(parts)
+
+    def comment(self) -> str:
+        """What a person debugging in mitmweb wants to see in the flow list."""
+        parts = [f"upstream {self.upstream}" if self.upstream else "no upstream"]
+        if self.replayed:
+            parts.append("replayed from recording")
+        if self.reason:
+            parts.append(f"answered by the ambassador: {self.reason}")
+        if self.cache:
+            parts.append(f"cache {self.cache}")
+        if self.breaker:
+            parts.append(f"breaker {self.breaker}")
+        if self.attempts is not None:
+            parts.append(f"attempts {self.attempts}")
+        if self.auth:
+            shown = ", ".join(f"{name}: {value}" for name, value in self.shown_headers.items())
+            parts.append(f"auth {self.auth}" + (f" ({shown})" if shown else ""))
+        return " · ".join(parts)
+
+    def marker(self) -> str:
+        if self.reason:
+            return ERROR_MARKER
+        if self.replayed:
+            return REPLAY_MARKER
+        if self.cache == "STALE" or (self.breaker not in (None, "closed")) or (self.attempts or 1) > 1:
+            return DEGRADED_MARKER
+        return ""
+
+
+class ExchangeObserver:
+    """Counts, logs and annotates every answered flow except the admin endpoints' own."""
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or not flow.response or is_admin_path(flow.request.path):
+            return  # not live: a flow loaded from a file (`--rfile`) is no exchange of ours
+        exchange = Exchange.of(flow, time.time())
+        if exchange.upstream:
+            metrics.REQUESTS.labels(exchange.upstream, exchange.status_class).inc()
+            metrics.LATENCY.labels(exchange.upstream).observe(exchange.seconds)
+        log.info(exchange.log_line())
+        flow.comment = exchange.comment()
+        flow.marked = exchange.marker()
+
+
+class ConnectionLog:
+    """mitmproxy's "client connect" / "client disconnect" lines only at debug verbosity (-v):
+    at the default one the log is one line per exchange, not three."""
+
+    CHATTER = frozenset({"client connect", "client disconnect"})
+    LOGGER = logging.getLogger("mitmproxy.proxy.server")
+
+    def __init__(self) -> None:
+        self.verbose = False
+
+    def load(self, loader) -> None:
+        self.LOGGER.addFilter(self.keep)
+
+    def done(self) -> None:
+        self.LOGGER.removeFilter(self.keep)
+
+    def keep(self, record: logging.LogRecord) -> bool:
+        return self.verbose or record.msg not in self.CHATTER
+
+    def configure(self, updated) -> None:
+        if "termlog_verbosity" in updated:
+            self.verbose = ctx.options.termlog_verbosity == "debug"
+
+
+class AdminCommands:
+    """`ambassador.breaker.open|close NAME`, `ambassador.cache.clear [NAME]`.
+
+    mitmproxy commands are synchronous, the stages' operations are not (their state may live
+    in Redis). A command starts a coroutine operation as an eager task: what needs no I/O (a
+    local breaker) is done before the command returns, and a failure then is the command's
+    error; the rest, and operations the stage runs as its own task (cache clear), finish in
+    the background and their outcome is logged.
+    """
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.pending: set[asyncio.Task] = set()
+
+    def _stage(self, name: str, section: str):
+        services = self.manager.gateway.services
+        service = services.get(name)
+        if service is None:
+            raise exceptions.CommandError(f"no upstream {name!r}; the profile has: {', '.join(sorted(services))}")
+        stage = service.stage(section)
+        if stage is None:
+            raise exceptions.CommandError(f"upstream {name!r} has no {section} (no `{section}:` section in its profile)")
+        return stage
+
+    def _run(self, operation: Awaitable, what: str) -> None:
+        if asyncio.iscoroutine(operation):
+            task = asyncio.Task(operation, loop=asyncio.get_running_loop(), eager_start=True)
+        else:
+            task = asyncio.ensure_future(operation)  # a stage that already started its task
+        if task.done():
+            if error := task.exception():
+                raise exceptions.CommandError(f"{what} failed: {error}")
+            log.warning("%s by command", what)
+            return
+        self.pending.add(task)
+        task.add_done_callback(lambda t: self._finished(t, what))
+
+    def _finished(self, task: asyncio.Task, what: str) -> None:
+        self.pending.discard(task)
+        if task.cancelled():
+            return
+        if error := task.exception():
+            log.error("%s by command failed: %s", what, error)
+        else:
+            log.warning("%s by command", what)
+
+    @command.command("ambassador.breaker.open")
+    def breaker_open(self, name: str) -> None:
+        """Open an upstream's circuit breaker now; it half-opens after its reset_timeout as usual."""
+        self._run(self._stage(name, "breaker").force_open(), f"breaker of {name} opened")
+
+    @command.command("ambassador.breaker.close")
+    def breaker_close(self, name: str) -> None:
+        """Close an upstream's circuit breaker and forget its failures."""
+        self._run(self._stage(name, "breaker").force_close(), f"breaker of {name} closed")
+
+    @command.command("ambassador.cache.clear")
+    def cache_clear(self, name: str = "") -> None:
+        """Drop the cached responses of one upstream, or of every upstream without NAME."""
+        if name:
+            caches = {name: self._stage(name, "cache")}
+        else:
+            services = self.manager.gateway.services
+            caches = {n: cache for n, s in services.items() if (cache := s.stage("cache")) is not None}
+            if not caches:
+                raise exceptions.CommandError("no upstream of the profile has a cache")
+        for upstream, cache in sorted(caches.items()):
+            self._run(cache.clear(), f"cache of {upstream} cleared")
+
+    async def done(self) -> None:
+        await asyncio.gather(*self.pending, return_exceptions=True)  # _finished logs the outcomes

@@ -1,0 +1,92 @@
+"""`./run.sh web`: a person sees in mitmweb's flow list what the ambassador did to each flow
+(issue 7 point 3). Drives the real UI in Debian's headless chromium (installed by .ci/run)."""
+
+import json
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from harness import FakeUpstream, Reply, echo
+from webui import WebAmbassador
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"  # set explicitly: selenium must never download a driver
+SECRET = "web-secret-0b5e-not-for-eyes"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def upstreams():
+    failing = lambda req: Reply.json({"error": "down"}, 503)  # noqa: E731
+    with FakeUpstream(echo) as billing, FakeUpstream(failing) as fragile:
+        yield billing, fragile
+
+
+def test_flow_list_shows_the_ambassador_annotations(tmp_path, browser, upstreams):
+    billing, fragile = upstreams
+    profile = f"""
+upstreams:
+  billing:
+    url: {billing.url}
+    match: {{path_prefix: /billing}}
+    auth: {{type: bearer, token: "{SECRET}"}}
+    retry: {{attempts: 2, backoff: 1ms}}
+  fragile:
+    url: {fragile.url}
+    match: {{path_prefix: /fragile}}
+    breaker: {{fail_max: 1, reset_timeout: 1h}}
+"""
+    with WebAmbassador(tmp_path, profile) as amb:
+        assert amb.get("/billing/invoices/7")[0] == 200
+        assert amb.get("/fragile/report")[0] == 503  # the upstream's failure opens the breaker
+        status, _, body = amb.get("/fragile/report")
+        assert status == 503 and json.loads(body)["reason"] == "circuit_open"
+
+        browser.get(amb.ui_url)
+        # (the harness's readiness probes of /_ambassador/status are flows too)
+        rows = WebDriverWait(browser, 30).until(lambda b: upstream_rows(b) if len(upstream_rows(b)) == 3 else None)
+        browser.save_screenshot(str(tmp_path / "mitmweb.png"))  # for a person looking into a failure
+        table = [(row.find_element(By.CSS_SELECTOR, "td.col-path").text, comment_of(row)) for row in rows]
+
+        assert "/billing/invoices/7" in table[0][0]
+        assert table[0][1] == "upstream billing · attempts 1 · auth bearer (Authorization: Bearer [redacted])"
+        assert table[1][1] == "upstream fragile · breaker open"
+        assert "/fragile/report" in table[2][0]
+        assert table[2][1] == "upstream fragile · answered by the ambassador: circuit_open · breaker open"
+        assert "⛔" in table[2][0]  # the marker: the ambassador answered itself
+        assert SECRET not in browser.page_source
+
+        # The flow's detail view: the injected credential, redacted; the whole annotation.
+        rows[0].click()
+        headers = WebDriverWait(browser, 15).until(lambda b: b.find_element(By.CSS_SELECTOR, ".flow-detail .headers"))
+        assert "Authorization: Bearer [redacted]" in headers.text.splitlines()
+        browser.find_element(By.XPATH, "//div[contains(@class, 'flow-detail')]//nav//a[text()='Comment']").click()
+        WebDriverWait(browser, 15).until(lambda b: table[0][1] in b.find_element(By.CSS_SELECTOR, ".flow-detail").text)
+        assert SECRET not in browser.page_source
+
+
+def upstream_rows(browser) -> list:
+    rows = browser.find_elements(By.CSS_SELECTOR, ".flow-table tbody tr:has(td.col-comment)")
+    return [row for row in rows if "/_ambassador/" not in row.find_element(By.CSS_SELECTOR, "td.col-path").text]
+
+
+def comment_of(row) -> str:
+    # The column is narrow and the UI truncates it with CSS; textContent is the whole comment.
+    return row.find_element(By.CSS_SELECTOR, "td.col-comment").get_attribute("textContent")

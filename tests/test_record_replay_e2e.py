@@ -1,0 +1,153 @@
+"""`./run.sh record FILE` and `./run.sh replay FILE`: a partner service becomes an offline fake
+(issue 7 point 2, SPEC sections 1 and 9)."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from mitmproxy.io import FlowReader
+
+from harness import ROOT, Ambassador, FakeUpstream, Received, Reply, free_port, run_sh
+from test_logs_e2e import wait_for_port
+from webui import PlainMitmweb
+
+SECRET = "partner-token-5d1e-do-not-record"
+
+
+def partner(req: Received) -> Reply:
+    """A partner API whose answers depend on method, path, query and body."""
+    return Reply.json(
+        {"method": req.method, "path": req.path, "body": req.body.decode(), "auth_seen": req.header("Authorization") is not None},
+        headers=[("X-Partner", "yes")],
+    )
+
+
+def profile(url: str) -> str:
+    return f"""
+upstreams:
+  partner:
+    url: {url}/api
+    match: {{path_prefix: /partner}}
+    auth: {{type: bearer, token: "{SECRET}"}}
+"""
+
+
+EXCHANGES = [
+    ("GET", "/partner/customers/42?expand=orders", None),
+    ("GET", "/partner/customers/43", None),
+    ("POST", "/partner/search", b'{"q": "ada"}'),
+    ("POST", "/partner/search", b'{"q": "grace"}'),
+]
+
+
+def exchange(amb: Ambassador, method: str, path: str, body: bytes | None):
+    status, headers, payload = amb.request(method, path, {"Content-Type": "application/json"} if body else None, body)
+    return status, headers.get("X-Ambassador-Upstream"), headers.get("X-Partner"), payload
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> tuple[Path, dict]:
+    """Record EXCHANGES against a live partner; the partner is gone afterwards."""
+    tmp = tmp_path_factory.mktemp("record")
+    flow_file = tmp / "partner.flows"
+    with FakeUpstream(partner) as up:
+        with Ambassador(tmp, profile(up.url), command=("record", str(flow_file))) as amb:
+            answers = {(m, p, b): exchange(amb, m, p, b) for m, p, b in EXCHANGES}
+            assert amb.status()["upstreams"]["partner"]  # admin endpoints are not recorded
+            assert amb.get("/_ambassador/metrics")[0] == 200
+        assert len(up.received) == len(EXCHANGES)
+        assert all(r.header("Authorization") == f"Bearer {SECRET}" for r in up.received)
+    assert all(status == 200 for status, *_ in answers.values())
+    return flow_file, answers
+
+
+def read_flows(path: Path) -> list:
+    with open(path, "rb") as f:
+        return list(FlowReader(f).stream())
+
+
+def test_recording_is_a_mitmproxy_flow_file_without_secrets(recording):
+    flow_file, _ = recording
+    flows = read_flows(flow_file)
+    assert [(f.request.method, f.request.path) for f in flows] == [(m, p) for m, p, _ in EXCHANGES]
+    for f in flows:
+        assert f.response.status_code == 200
+        assert f.response.headers["X-Ambassador-Upstream"] == "partner"
+        assert f.metadata["ambassador"]["upstream"] == "partner"
+        assert f.request.headers["Authorization"] == "Bearer [redacted]"  # what was injected, redacted
+        assert f.comment.startswith("upstream partner")
+    assert SECRET.encode() not in flow_file.read_bytes()
+
+
+def test_recording_opens_in_mitmweb(recording, tmp_path):
+    flow_file, _ = recording
+    with PlainMitmweb(tmp_path, flow_file) as web:
+        flows = web.flows()
+    assert [(f["request"]["method"], f["request"]["path"]) for f in flows] == [(m, p) for m, p, _ in EXCHANGES]
+    assert all("upstream partner" in f["comment"] for f in flows)
+
+
+def test_replay_answers_from_the_recording_with_the_partner_gone(recording, tmp_path):
+    flow_file, answers = recording
+    # The partner of the recording is stopped; its port may even be reused, so the replay
+    # profile points at a live tripwire that must never be contacted.
+    with FakeUpstream(partner) as tripwire:
+        with Ambassador(tmp_path, profile(tripwire.url), command=("replay", str(flow_file))) as amb:
+            for (method, path, body), recorded in answers.items():
+                assert exchange(amb, method, path, body) == recorded
+            # Served twice: a recording is a fake, not a one-shot script.
+            m, p, b = EXCHANGES[0]
+            assert exchange(amb, m, p, b) == answers[(m, p, b)]
+
+            # Anything not recorded: 502 not_recorded, never the network.
+            for method, path, body in [
+                ("GET", "/partner/customers/44", None),  # another path
+                ("GET", "/partner/customers/42?expand=invoices", None),  # another query
+                ("POST", "/partner/search", b'{"q": "linus"}'),  # another body
+                ("DELETE", "/partner/customers/42?expand=orders", None),  # another method
+            ]:
+                status, headers, payload = amb.request(method, path, body=body)
+                assert status == 502, (method, path)
+                assert json.loads(payload) == {
+                    "error": f"no recorded response for {method} {path}", "reason": "not_recorded", "upstream": "partner"
+                }
+                assert headers["X-Ambassador-Upstream"] == "partner"
+            # Paths no upstream serves keep their own answer; the admin endpoints answer live.
+            assert amb.get("/elsewhere")[0] == 404
+            assert amb.status()["upstreams"]["partner"]["url"] == f"{tripwire.url}/api"
+            amb.wait_for_log(r"partner GET /partner/customers/42\?expand=orders 200 .*replayed")
+            amb.wait_for_log(r"partner GET /partner/customers/44 502 .*reason=not_recorded")
+        assert tripwire.received == []
+
+
+def test_replay_needs_an_existing_recording(tmp_path):
+    result = run_sh("replay", str(tmp_path / "missing.flows"), "default")
+    assert result.returncode != 0
+    assert f"no recording at {tmp_path / 'missing.flows'}" in result.stderr
+
+
+def test_offline_profile_records_and_replays_the_demo_service(tmp_path):
+    """The documented workflow with the shipped profiles/offline.yaml, the demo legacy service
+    playing the partner."""
+    flow_file = tmp_path / "demo.flows"
+    port = free_port()
+    env = {"OFFLINE_URL": f"http://127.0.0.1:{port}"}
+    offline = ROOT / "profiles" / "offline.yaml"
+    demo = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "demo.legacy_service", "--port", str(port), "--failure-rate", "0"],
+        cwd=ROOT,
+    )
+    try:
+        wait_for_port(port, demo)
+        with Ambassador(tmp_path, offline, command=("record", str(flow_file)), env=env) as amb:
+            recorded = amb.get("/partner/customers/3")
+            assert recorded[0] == 200 and json.loads(recorded[2])["name"] == "Barbara Liskov"
+    finally:
+        demo.terminate()
+        demo.wait(10)
+    with Ambassador(tmp_path, offline, command=("replay", str(flow_file)), env=env) as amb:
+        replayed = amb.get("/partner/customers/3")
+        assert (replayed[0], replayed[2]) == (recorded[0], recorded[2])
+        status, _, body = amb.get("/partner/customers/4")
+        assert status == 502 and json.loads(body)["reason"] == "not_recorded"
