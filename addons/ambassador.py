@@ -20,10 +20,10 @@ from mitmproxy import command, ctx, exceptions, http
 from multidict import CIMultiDict
 
 from .errors import AmbassadorError
-from .exchange import UpstreamRequest, UpstreamResponse, end_to_end
+from .exchange import UpstreamRequest, UpstreamResponse, client_request
 from .gateway import Gateway
 from .operations import AdminCommands, ConnectionLog, ExchangeObserver, MetricsEndpoint
-from .profile import ADMIN_PREFIX, PROFILES_DIR, ProfileError, duration, load_profile, resolve_profile_name
+from .profile import ADMIN_PREFIX, PROFILES_DIR, ProfileError, load_profile, resolve_profile_name
 from .routing import Route
 from .service import UpstreamService
 
@@ -60,6 +60,8 @@ class ProfileManager:
         )
 
     def configure(self, updated):
+        if "server_replay" in updated and self.gateway:
+            self.gateway.set_offline(bool(ctx.options.server_replay))
         if "ambassador_profile" not in updated or self.refused_at_startup:
             return  # after a refusal at start-up, mitmproxy rolls the option back while exiting
         path = resolve_profile_name(ctx.options.ambassador_profile, PROFILES_DIR).resolve()
@@ -78,6 +80,8 @@ class ProfileManager:
         signature = _signature(path)
         previous = self.gateway
         gateway = Gateway(load_profile(path), previous)
+        # `./run.sh replay`: server playback answers what was recorded; nothing else may go out.
+        gateway.set_offline(bool(ctx.options.server_replay))
         self.gateway = gateway
         self.loaded_signature = signature
         self.refused_signature = None
@@ -218,9 +222,6 @@ class Forwarder:
         service, route = attached
         upstream_request = None
         try:
-            if ctx.options.server_replay:
-                # `./run.sh replay`: server playback answered every recorded request before us.
-                raise AmbassadorError("not_recorded", f"no recorded response for {flow.request.method} {flow.request.path}")
             upstream_request = to_upstream_request(flow, route)
             answer = await service.handle(upstream_request)
         except AmbassadorError as e:
@@ -247,26 +248,7 @@ def record_notes(flow: http.HTTPFlow, request: UpstreamRequest) -> None:
 
 def to_upstream_request(flow: http.HTTPFlow, route: Route) -> UpstreamRequest:
     headers = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in flow.request.headers.fields)
-    timeout = None
-    if "X-Ambassador-Timeout" in headers:
-        try:
-            timeout = duration(headers["X-Ambassador-Timeout"])
-        except ValueError:
-            raise AmbassadorError("bad_request", "X-Ambassador-Timeout must be a duration like 2s or 500ms", route.upstream.name) from None
-    retries = None
-    if "X-Ambassador-Retries" in headers:
-        if not headers["X-Ambassador-Retries"].strip().isdigit():
-            raise AmbassadorError("bad_request", "X-Ambassador-Retries must be a number of retries (0 disables them)", route.upstream.name)
-        retries = int(headers["X-Ambassador-Retries"])
-    ambassador_headers = [k for k in headers if k.lower().startswith("x-ambassador-")]
-    return UpstreamRequest(
-        method=flow.request.method,
-        path=route.path,
-        headers=end_to_end(headers, "host", "content-length", *ambassador_headers),
-        body=flow.request.raw_content or b"",
-        timeout=timeout,
-        retries=retries,
-    )
+    return client_request(flow.request.method, route, headers, flow.request.raw_content or b"")
 
 
 def to_mitm_response(answer: UpstreamResponse, http_version: str, upstream_name: str) -> http.Response:

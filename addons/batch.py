@@ -12,16 +12,13 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any, Mapping
 
-from mitmproxy import http
 from multidict import CIMultiDict
 
 from .aggregate import NOT_FORWARDED_TO_PARTS, answer_of, embedded
-from .ambassador import to_upstream_request
 from .errors import AmbassadorError
-from .exchange import UpstreamRequest
+from .exchange import UpstreamRequest, client_request
 from .profile import ADMIN_PREFIX, HTTP_METHODS
 from .routing import Route, RouteTable
 from .service import UpstreamService
@@ -116,8 +113,7 @@ def _body(raw: Any, headers: CIMultiDict[str]) -> bytes:
 
 def upstream_request(method: str, route: Route, headers: CIMultiDict[str], body: bytes) -> UpstreamRequest:
     """The item as the Forwarder would send it: the same header rules and `X-Ambassador-*` overrides."""
-    fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    request = to_upstream_request(SimpleNamespace(request=http.Request.make(method, "http://batch.invalid/", body, fields)), route)
+    request = client_request(method, route, headers, body)
     for name in NOT_FORWARDED_TO_PARTS:  # bodies are embedded in the answer: ask for identity bodies
         request.headers.popall(name, None)
     return request

@@ -12,6 +12,10 @@ from typing import Any
 
 from multidict import CIMultiDict
 
+from .errors import AmbassadorError
+from .profile import duration
+from .routing import Route
+
 # RFC 9110 section 7.6.1: meant for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
     {
@@ -55,3 +59,32 @@ class UpstreamResponse:
     reason: str
     headers: CIMultiDict[str]
     body: bytes = b""
+
+
+def client_request(method: str, route: Route, headers: CIMultiDict[str], body: bytes) -> UpstreamRequest:
+    """A client's request for `route`, after the ambassador's header rules.
+
+    `X-Ambassador-*` headers are instructions to the ambassador and never go upstream;
+    hop-by-hop fields, Host and Content-Length belong to the transport.
+    """
+    name = route.upstream.name
+    timeout = None
+    if "X-Ambassador-Timeout" in headers:
+        try:
+            timeout = duration(headers["X-Ambassador-Timeout"])
+        except ValueError:
+            raise AmbassadorError("bad_request", "X-Ambassador-Timeout must be a duration like 2s or 500ms", name) from None
+    retries = None
+    if "X-Ambassador-Retries" in headers:
+        if not headers["X-Ambassador-Retries"].strip().isdigit():
+            raise AmbassadorError("bad_request", "X-Ambassador-Retries must be a number of retries (0 disables them)", name)
+        retries = int(headers["X-Ambassador-Retries"])
+    ambassador_headers = [k for k in headers if k.lower().startswith("x-ambassador-")]
+    return UpstreamRequest(
+        method=method,
+        path=route.path,
+        headers=end_to_end(headers, "host", "content-length", *ambassador_headers),
+        body=body,
+        timeout=timeout,
+        retries=retries,
+    )

@@ -31,6 +31,10 @@ class Gateway:
             except (ssl.SSLError, OSError) as e:
                 raise ProfileError(str(profile.path), [(f"upstreams.{name}.tls", f"cannot use the certificates: {e}")]) from None
 
+    def set_offline(self, offline: bool) -> None:
+        for service in self.services.values():
+            service.offline = offline
+
     def retire_replaced(self, previous: Gateway) -> None:
         for service in previous.services.values():
             if self.services.get(service.upstream.name) is not service:

@@ -68,6 +68,7 @@ class UpstreamService:
         self.stages = list(stages)
         self.inflight = 0
         self.retired = False
+        self.offline = False  # replaying recorded flows: the upstream must never be contacted
 
     def stage(self, name: str) -> Stage | None:
         return next((s for s in self.stages if s.name == name), None)
@@ -87,6 +88,8 @@ class UpstreamService:
 
     async def send_once(self, request: UpstreamRequest) -> UpstreamResponse:
         """One exchange with the upstream, bounded by what is left of the request's timeout."""
+        if self.offline:
+            raise AmbassadorError("not_recorded", f"no recorded response for {request.method} {request.path}", self.upstream.name)
         remaining = self.deadline_of(request) - time.monotonic()
         if remaining <= 0:
             raise self.timeout_error(request)

@@ -109,8 +109,9 @@ def test_replay_answers_from_the_recording_with_the_partner_gone(recording, tmp_
             ]:
                 status, headers, payload = amb.request(method, path, body=body)
                 assert status == 502, (method, path)
+                upstream_path = path.replace("/partner", "/api", 1)
                 assert json.loads(payload) == {
-                    "error": f"no recorded response for {method} {path}", "reason": "not_recorded", "upstream": "partner"
+                    "error": f"no recorded response for {method} {upstream_path}", "reason": "not_recorded", "upstream": "partner"
                 }
                 assert headers["X-Ambassador-Upstream"] == "partner"
             # Paths no upstream serves keep their own answer; the admin endpoints answer live.

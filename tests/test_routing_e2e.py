@@ -1,12 +1,10 @@
 """Routing and the upstream exchange through the real ambassador (SPEC sections 1, 2, 9)."""
 
 import json
-import socket
-import threading
 
 import pytest
 
-from harness import Ambassador, FakeUpstream, Received, Reply, echo
+from harness import Ambassador, FakeUpstream, echo
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import http.client
 import threading
-import time
 from collections import Counter
 
 from harness import Ambassador, FakeUpstream, Reply
