@@ -9,19 +9,15 @@ e.g. "Bearer [redacted]"), which the Forwarder writes onto the flow instead of t
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Callable
 from urllib.parse import quote, unquote_plus
 
-from .exchange import HOP_BY_HOP, UpstreamRequest, UpstreamResponse
+from .exchange import UpstreamRequest, UpstreamResponse
 from .oauth import TokenEndpoint, TokenManager
-from .profile import BasicAuth, BearerAuth, HeaderAuth, OAuth2ClientCredentials, ProfileError, QueryAuth, Upstream
+from .profile import BasicAuth, BearerAuth, HeaderAuth, OAuth2ClientCredentials, QueryAuth, Upstream
 from .service import Handler, Stage
-from .transport import ssl_context
 
 REDACTED = "[redacted]"
-# Headers the transport owns or that end at the first hop: a credential cannot travel in them.
-UNUSABLE_HEADERS = HOP_BY_HOP | {"host", "content-length"}
 
 
 def show(request: UpstreamRequest, kind: str, header: str, shown: str) -> None:
@@ -115,11 +111,9 @@ class OAuth2Credential:
         await self.tokens.close()
 
 
-def auth_stage(upstream: Upstream, profile_file: Path, deadline_of: Callable[[UpstreamRequest], float]) -> Stage:
-    """The auth stage for `upstream.auth`; raises ProfileError for a header that cannot carry it.
-
-    The profile loader has checked the values already (no line breaks, header names, RFC 7617).
-    """
+def auth_stage(upstream: Upstream, deadline_of: Callable[[UpstreamRequest], float]) -> Stage:
+    """The auth stage for `upstream.auth`. The profile loader has checked the values already
+    (no line breaks, usable header names, RFC 7617)."""
     match upstream.auth:
         case BearerAuth(token):
             return HeaderCredential("bearer", "Authorization", f"Bearer {token}", f"Bearer {REDACTED}")
@@ -127,16 +121,13 @@ def auth_stage(upstream: Upstream, profile_file: Path, deadline_of: Callable[[Up
             pair = base64.b64encode(f"{username}:{password}".encode()).decode()
             return HeaderCredential("basic", "Authorization", f"Basic {pair}", f"Basic {REDACTED}")
         case HeaderAuth(header, value):
-            if header.lower() in UNUSABLE_HEADERS:
-                problem = (f"upstreams.{upstream.name}.auth.name", f"{header} cannot carry a credential")
-                raise ProfileError(str(profile_file), [problem])
             return HeaderCredential("header", header, value, REDACTED)
         case QueryAuth(parameter, value):
             return QueryCredential(parameter, value)
         case OAuth2ClientCredentials() as policy:
             # The token endpoint is contacted with the upstream's TLS settings (trusted CAs,
             # client certificate): it is usually the same partner.
-            tls = ssl_context(upstream.tls) if policy.token_url.startswith("https:") else False
+            tls = upstream.tls.context() if policy.token_url.startswith("https:") else False
             endpoint = TokenEndpoint(policy, tls)
             return OAuth2Credential(TokenManager(upstream.name, endpoint, upstream.timeout), deadline_of)
     raise TypeError(f"unknown auth policy {upstream.auth!r}")

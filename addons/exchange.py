@@ -13,24 +13,9 @@ from typing import Any
 from multidict import CIMultiDict
 
 from .errors import AmbassadorError
+from .fields import HOP_BY_HOP
 from .profile import duration
 from .routing import Route
-
-# RFC 9110 section 7.6.1: meant for one connection only, never forwarded.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-
 
 def end_to_end(headers: CIMultiDict[str], *also_drop: str) -> CIMultiDict[str]:
     """The headers without hop-by-hop fields, those named in Connection, and `also_drop`."""

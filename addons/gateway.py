@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import ssl
-
 from .pipeline import build_stages
-from .profile import Profile, ProfileError
+from .profile import Profile
 from .routing import RouteTable
 from .service import UpstreamService, UpstreamStats
 
@@ -24,12 +22,9 @@ class Gateway:
                 # Unchanged upstream: keep its connections and state across the swap.
                 self.services[name] = old
                 continue
-            try:
-                self.services[name] = UpstreamService(
-                    upstream, self.stats.setdefault(name, UpstreamStats()), build_stages(upstream, profile)
-                )
-            except (ssl.SSLError, OSError) as e:
-                raise ProfileError(str(profile.path), [(f"upstreams.{name}.tls", f"cannot use the certificates: {e}")]) from None
+            self.services[name] = UpstreamService(
+                upstream, self.stats.setdefault(name, UpstreamStats()), build_stages(upstream, profile)
+            )
 
     def set_offline(self, offline: bool) -> None:
         for service in self.services.values():

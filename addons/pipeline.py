@@ -31,5 +31,5 @@ def build_stages(upstream: Upstream, profile: Profile) -> list[Stage]:
     if upstream.breaker:
         stages.append(breaker_stage(upstream, profile.state))
     if upstream.auth:
-        stages.append(auth_stage(upstream, profile.path, deadline))
+        stages.append(auth_stage(upstream, deadline))
     return stages

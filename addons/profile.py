@@ -13,6 +13,7 @@ import difflib
 import math
 import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -20,6 +21,8 @@ from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import yaml
+
+from .fields import HOP_BY_HOP, TRANSPORT_OWNED
 
 # Patterns shared with profiles/schema.json (there anchored with ^...$).
 NAME_PATTERN = r"[a-z0-9][a-z0-9_-]*"
@@ -125,6 +128,18 @@ class TLSPolicy:
     ca: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """The TLS settings of an upstream, for its own connections and its token endpoint's."""
+        context = ssl.create_default_context()
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif self.ca:
+            context.load_verify_locations(cafile=str(self.ca))
+        if self.client_cert:
+            context.load_cert_chain(str(self.client_cert), str(self.client_key) if self.client_key else None)
+        return context
 
 
 @dataclass(frozen=True)
@@ -418,6 +433,15 @@ def header_name(value: Any) -> str:
     return name
 
 
+def credential_header(value: Any) -> str:
+    """A header that can carry a credential to the upstream: not one that ends at this hop
+    or that the transport owns."""
+    name = header_name(value)
+    if name.lower() in HOP_BY_HOP | TRANSPORT_OWNED:
+        raise InvalidValue(f"{name} cannot carry a credential")
+    return name
+
+
 def header_value(value: Any) -> str:
     """A value that goes into a request header: a line break there would forge headers."""
     value = text(value)
@@ -559,6 +583,11 @@ def _read_tls(r: _Reader, node: Any, path: str) -> TLSPolicy:
     )
     if "client_key" in t and "client_cert" not in t:
         r.problem(_join(path, "client_key"), "needs client_cert")
+        return tls
+    try:
+        tls.context()  # PEM files that exist but do not load: found by `check`, not at start-up
+    except (ssl.SSLError, OSError) as e:
+        r.problem(path, f"cannot use the certificates: {e}")
     return tls
 
 
@@ -582,7 +611,7 @@ def _read_auth(r: _Reader, node: Any, path: str) -> AuthPolicy | None:
         case "bearer":
             policy = BearerAuth(read("token", header_value))
         case "header":
-            policy = HeaderAuth(read("name", header_name), read("value", header_value))
+            policy = HeaderAuth(read("name", credential_header), read("value", header_value))
         case "query":
             policy = QueryAuth(read("name"), read("value"))
         case "basic":

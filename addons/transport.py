@@ -16,7 +16,7 @@ from yarl import URL
 
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse, end_to_end
-from .profile import TLSPolicy, Upstream
+from .profile import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +24,6 @@ log = logging.getLogger(__name__)
 NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # How long to wait for a TLS server to refuse a probe handshake (see refused_handshake).
 TLS_PROBE_WAIT = 0.5
-
-
-def ssl_context(tls: TLSPolicy) -> ssl.SSLContext:
-    """The TLS settings of an upstream, for its own connections and its token endpoint's."""
-    if not tls.verify:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context()
-        if tls.ca:
-            context.load_verify_locations(cafile=str(tls.ca))
-    if tls.client_cert:
-        context.load_cert_chain(str(tls.client_cert), str(tls.client_key) if tls.client_key else None)
-    return context
 
 
 class Transport:
@@ -49,7 +34,7 @@ class Transport:
         self.origin = upstream.url.origin
         if not upstream.tls.verify:
             log.warning("upstream %s: TLS certificate verification is switched off (tls.verify: false)", upstream.name)
-        self.ssl = ssl_context(upstream.tls) if upstream.url.scheme == "https" else False
+        self.ssl = upstream.tls.context() if upstream.url.scheme == "https" else False
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:

@@ -20,14 +20,15 @@ EMPTY_VAR = "AMBASSADOR_TEST_EMPTY"
 UNSET_VAR = "AMBASSADOR_TEST_UNSET"
 SECRET_FILE = "secrets/pw"
 SECRET_VALUE = "pass word"
-CA_FILE = "certs/ca.pem"  # the loader checks that it exists; the transport reads it
+CA_FILE = "certs/ca.pem"  # a certificate with its key: the loader checks that TLS can use it
+EXAMPLES = Path(__file__).resolve().parent.parent / "profiles" / "examples"
 
 
 def prepare(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (folder / "secrets").mkdir()
     (folder / SECRET_FILE).write_text(SECRET_VALUE + "\n")
     (folder / "certs").mkdir()
-    (folder / CA_FILE).write_text("-----BEGIN CERTIFICATE-----\n")
+    (folder / CA_FILE).write_text((EXAMPLES / "client.pem").read_text() + (EXAMPLES / "client.key").read_text())
     monkeypatch.setenv(SET_VAR, SET_VALUE)
     monkeypatch.setenv(EMPTY_VAR, "")
     monkeypatch.delenv(UNSET_VAR, raising=False)
@@ -229,6 +230,7 @@ LOADER_ONLY = [
     Invalid("file-missing", profile('auth: {type: basic, username: svc, password: "${file:secrets/missing}"}\n'), "upstreams.billing.auth.password", "cannot read ", ENVIRONMENT),
     Invalid("bad-substitution", profile('auth: {type: bearer, token: "${1TOKEN}"}\n'), "upstreams.billing.auth.token", "bad substitution '${1TOKEN}'", ENVIRONMENT),
     Invalid("substituted-value-not-an-integer", profile(f'breaker: {{fail_max: "${{{SET_VAR}}}"}}\n'), "upstreams.billing.breaker.fail_max", f"must be an integer, got '{SET_VALUE}'", ENVIRONMENT),
+    Invalid("tls-file-unusable", profile(f"tls: {{client_cert: {SECRET_FILE}}}\n"), "upstreams.billing.tls", "cannot use the certificates", "JSON Schema cannot look into files"),
     Invalid("tls-file-missing", profile("tls: {ca: certs/missing.pem}\n"), "upstreams.billing.tls.ca", "file not found: ", "JSON Schema cannot look at files"),
     Invalid("duplicate-path-prefix", two_upstreams("{path_prefix: /x}", "{path_prefix: /x/}"), "upstreams.b.match.path_prefix", "'/x' is already used by upstream 'a'", CROSS_REFERENCE),
     Invalid("duplicate-host", two_upstreams("{host: x.internal}", "{host: X.internal}"), "upstreams.b.match.host", "'x.internal' is already used by upstream 'a'", CROSS_REFERENCE),

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from harness import Ambassador, FakeUpstream, echo
+from harness import Ambassador, FakeUpstream, echo, run_sh
 
 TOKEN, KEY, QUERY_KEY, PASSWORD = "tok-9f8e7d", "key-1a2b3c", "q k&=/+é", "pw:with spaces"
 
@@ -125,3 +125,5 @@ def test_credentials_http_cannot_carry_stop_startup(tmp_path, auth, key, problem
     assert amb.proc.wait(10) == 2
     assert f"upstreams.partner.{key}" in amb.output and problem in amb.output
     assert "Traceback" not in amb.output
+    checked = run_sh("check", str(profile))  # `check` refuses it too, for the same reason
+    assert checked.returncode == 2 and f"upstreams.partner.{key}: {problem}" in checked.stderr

@@ -1,7 +1,6 @@
 """The auth stage's plain-Python parts: query rewriting and what it notes for the flow."""
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from multidict import CIMultiDict
@@ -30,7 +29,7 @@ def test_with_query_parameter(path, expected):
 
 def run_stage(policy, path="/p?a=1", headers=()):
     upstream = Upstream(name="partner", url=upstream_url("http://127.0.0.1:9"), match=Match(path_prefix="/p"), auth=policy)
-    stage = auth_stage(upstream, Path("profile.yaml"), deadline_of=lambda request: request.started + 5)
+    stage = auth_stage(upstream, deadline_of=lambda request: request.started + 5)
     request = UpstreamRequest("GET", path, CIMultiDict(headers))
     sent = []
 

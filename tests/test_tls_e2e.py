@@ -12,7 +12,7 @@ import time
 import pytest
 import trustme
 
-from harness import Ambassador, FakeUpstream, Received, Reply, echo
+from harness import Ambassador, FakeUpstream, Received, Reply, echo, run_sh
 from oauth_fakes import IdentityProvider
 
 
@@ -189,6 +189,8 @@ upstreams:
         amb.start()
     assert amb.proc.wait(10) == 2
     assert "upstreams.partner.tls" in amb.output and "Traceback" not in amb.output
+    checked = run_sh("check", str(profile))  # `check` refuses it too, for the same reason
+    assert checked.returncode == 2 and "upstreams.partner.tls: cannot use the certificates" in checked.stderr
 
 
 def test_an_untrusted_token_endpoint_is_auth_failed_naming_tls(amb, servers):
