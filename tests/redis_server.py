@@ -13,11 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from harness import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

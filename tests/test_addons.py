@@ -2,6 +2,7 @@
 
 import json
 
+from mitmproxy.addons.serverplayback import ServerPlayback
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow
 
@@ -17,7 +18,7 @@ def profile(tmp_path):
 def test_router_attaches_the_upstream_or_answers_itself(tmp_path):
     manager = ProfileManager()
     router = Router(manager)
-    with taddons.context(manager, router) as tctx:
+    with taddons.context(ServerPlayback(), manager, router) as tctx:
         tctx.configure(manager, ambassador_profile=str(profile(tmp_path)))
 
         routed = tflow.tflow()
@@ -38,7 +39,7 @@ def test_router_attaches_the_upstream_or_answers_itself(tmp_path):
 def test_status_endpoint(tmp_path):
     manager = ProfileManager()
     admin = AdminEndpoints(manager)
-    with taddons.context(manager, admin) as tctx:
+    with taddons.context(ServerPlayback(), manager, admin) as tctx:
         tctx.configure(manager, ambassador_profile=str(profile(tmp_path)))
         flow = tflow.tflow()
         flow.request.path = "/_ambassador/status"

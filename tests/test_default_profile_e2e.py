@@ -4,13 +4,8 @@ import json
 import socket
 import time
 
-from harness import ROOT, Ambassador
+from harness import ROOT, Ambassador, free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:

@@ -4,12 +4,11 @@ hop-by-hop fields do not, and failures get the SPEC's answers (sections 2 and 9)
 import gzip
 import json
 import os
-import socket
 import time
 
 import pytest
 
-from harness import Ambassador, FakeUpstream, Received, Reply
+from harness import Ambassador, FakeUpstream, Received, Reply, free_port
 
 
 def scripted(req: Received) -> Reply:
@@ -35,11 +34,6 @@ def scripted(req: Received) -> Reply:
         return Reply.json({"busy": True}, status=503)
     return Reply.json({"path": req.path, "headers": req.headers})
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

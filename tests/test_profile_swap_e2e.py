@@ -2,14 +2,13 @@
 `ambassador_profile` option from mitmweb's options editor, commands, and refusals."""
 
 import json
-import socket
 import threading
 import time
 import urllib.request
 
 import pytest
 
-from harness import Ambassador, FakeUpstream, Received, Reply
+from harness import Ambassador, FakeUpstream, Received, Reply, free_port
 
 
 def named(name):
@@ -90,11 +89,6 @@ def test_requests_in_flight_during_a_swap_complete(tmp_path, origins):
         slow.join(10)
         assert results == [(200, {"served_by": "one"})]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MitmwebAPI:
