@@ -50,7 +50,7 @@ def serve(tool: str, argv: list[str]) -> int:
         return EXIT_BAD_PROFILE
     from mitmproxy.tools import cmdline, main
 
-    from .ambassador import make_addons
+    from .ambassador import AmbassadorAddons
 
     if tool == "web":
         from mitmproxy.tools.web.master import WebMaster as Base
@@ -70,12 +70,12 @@ def serve(tool: str, argv: list[str]) -> int:
         # printout; `--set flow_detail=N` (or -v) brings the dumper back.
         tool_defaults = {"flow_detail": 0}
 
-    ambassador = make_addons()
+    ambassador = AmbassadorAddons()
 
     class AmbassadorMaster(Base):
         def __init__(self, options, **kwargs):
             super().__init__(options, **kwargs)
-            self.addons.add(*ambassador)
+            self.addons.add(ambassador)
             # Defaults for a sidecar: loopback only; a dead upstream must still reach our hooks.
             options.update(listen_host="127.0.0.1", connection_strategy="lazy", **tool_defaults)
 
@@ -83,7 +83,7 @@ def serve(tool: str, argv: list[str]) -> int:
     try:
         main.run(AmbassadorMaster, make_parser, argv)
     except SystemExit as e:
-        if e.code and ambassador[0].refused_at_startup:
+        if e.code and ambassador.manager.refused_at_startup:
             return EXIT_BAD_PROFILE  # the profile was refused at start-up; mitmproxy printed why
         raise
     return 0

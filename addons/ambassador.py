@@ -285,6 +285,19 @@ class NoDirectUpstream:
         flow.response = error_response(AmbassadorError("internal_error", "the ambassador could not handle this request"))
 
 
+class AmbassadorAddons:
+    """The ambassador's addons as the children of one addon.
+
+    mitmproxy wraps every top-level addon in its own error-handling context for every hook
+    event of every flow; as children they share one, which is a large part of the routing
+    overhead against bare mitmdump (bench/, docs/benchmarks.md).
+    """
+
+    def __init__(self) -> None:
+        self.addons = make_addons()
+        self.manager: ProfileManager = self.addons[0]
+
+
 def make_addons() -> list:
     """The addons in hook order. Addons answering other `/_ambassador/...` paths go before
     AdminEndpoints; addons acting on routed flows go between Router and Forwarder."""

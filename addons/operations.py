@@ -141,6 +141,14 @@ class Exchange:
 class ExchangeObserver:
     """Counts, logs and annotates every answered flow except the admin endpoints' own."""
 
+    def __init__(self) -> None:
+        self.log_exchanges = True
+
+    def configure(self, updated) -> None:
+        if "termlog_verbosity" in updated:
+            # Under -q the line would be built and then dropped: don't build it.
+            self.log_exchanges = ctx.options.termlog_verbosity in ("info", "debug")
+
     def request(self, flow: http.HTTPFlow) -> None:
         if not flow.live or not flow.response or is_admin_path(flow.request.path):
             return  # not live: a flow loaded from a file (`--rfile`) is no exchange of ours
@@ -148,7 +156,8 @@ class ExchangeObserver:
         if exchange.upstream:
             metrics.REQUESTS.labels(exchange.upstream, exchange.status_class).inc()
             metrics.LATENCY.labels(exchange.upstream).observe(exchange.seconds)
-        log.info(exchange.log_line())
+        if self.log_exchanges:
+            log.info(exchange.log_line())
         flow.comment = exchange.comment()
         flow.marked = exchange.marker()
 
