@@ -37,9 +37,8 @@ class HeaderCredential:
         self.shown = shown
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
-        request.headers[self.header] = self.value  # replaces every value the client sent
         show(request, self.kind, self.header, self.shown)
-        return await call_next(request)
+        return await call_next(request.with_header(self.header, self.value))  # replaces the client's values
 
     def status(self) -> dict:
         return {"type": self.kind}
@@ -58,9 +57,8 @@ class QueryCredential:
         self.pair = f"{quote(parameter, safe='')}={quote(value, safe='')}"
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
-        request.path = with_query_parameter(request.path, self.parameter, self.pair)
         request.notes["auth"] = "query"
-        return await call_next(request)
+        return await call_next(request.with_path(with_query_parameter(request.path, self.parameter, self.pair)))
 
     def status(self) -> dict:
         return {"type": "query"}
@@ -100,9 +98,8 @@ class OAuth2Credential:
 
     @staticmethod
     def carrying(request: UpstreamRequest, token: str) -> UpstreamRequest:
-        request.headers["Authorization"] = f"Bearer {token}"
         show(request, "oauth2", "Authorization", f"Bearer {REDACTED}")
-        return request
+        return request.with_header("Authorization", f"Bearer {token}")
 
     def status(self) -> dict:
         return {"type": "oauth2", **self.tokens.status()}

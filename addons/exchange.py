@@ -7,7 +7,7 @@ Direct requests, aggregate parts, batch items and async jobs all become an
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from multidict import CIMultiDict
@@ -36,6 +36,20 @@ class UpstreamRequest:
     started: float = field(default_factory=time.monotonic)
     # What the ambassador did (attempts, cache result...), for headers, logs and mitmweb.
     notes: dict[str, Any] = field(default_factory=dict)
+
+
+    def with_header(self, name: str, value: str) -> UpstreamRequest:
+        """A copy carrying `name: value` instead of any value of `name`; `notes` stay shared.
+
+        Stages never change the request they were given: outer stages (the cache deciding
+        what to store and what to invalidate) must see it as the client sent it.
+        """
+        headers = self.headers.copy()
+        headers[name] = value
+        return replace(self, headers=headers)
+
+    def with_path(self, path: str) -> UpstreamRequest:
+        return replace(self, path=path)
 
 
 @dataclass

@@ -25,6 +25,10 @@ Handler = Callable[[UpstreamRequest], Awaitable[UpstreamResponse]]
 class Stage(Protocol):
     """One policy of an upstream. `name` is its profile section ("auth", "cache", ...).
 
+    A stage never changes the request it is given (outer stages look at it afterwards): it
+    passes a copy on (`request.with_header`, `request.with_path`). `request.notes` is shared
+    by all copies, for reporting what was done.
+
     A stage may also define `status() -> JSON value`, shown under its name in
     `/_ambassador/status`, and `close()` (async), called when its service is retired.
     """

@@ -220,10 +220,8 @@ class SoapStage:
         if request.method != "POST":
             return await call_next(request)
         operation = self.operation_of(request.path)
-        soap_request = self.to_soap(request, operation)
-        answer = await call_next(soap_request)
-        request.notes.update(soap_request.notes)
-        return self.from_soap(answer)
+        request.notes["soap"] = operation
+        return self.from_soap(await call_next(self.to_soap(request, operation)))
 
     def operation_of(self, path: str) -> str:
         only_path = path.partition("?")[0]
@@ -258,7 +256,6 @@ class SoapStage:
             path=(self.upstream.url.base_path or "/") + (f"?{query}" if query else ""),
             headers=headers,
             body=envelope,
-            notes={**request.notes, "soap": operation},
         )
 
     def from_soap(self, answer: UpstreamResponse) -> UpstreamResponse:
