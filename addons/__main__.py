@@ -75,7 +75,7 @@ def serve(tool: str, argv: list[str]) -> int:
     class AmbassadorMaster(Base):
         def __init__(self, options, **kwargs):
             super().__init__(options, **kwargs)
-            self.addons.add(ambassador)
+            self.addons.add(*ambassador.for_mitmproxy())
             # Defaults for a sidecar: loopback only; a dead upstream must still reach our hooks.
             options.update(listen_host="127.0.0.1", connection_strategy="lazy", **tool_defaults)
 

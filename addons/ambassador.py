@@ -290,16 +290,24 @@ class AmbassadorAddons:
 
     mitmproxy wraps every top-level addon in its own error-handling context for every hook
     event of every flow; as children they share one, which is a large part of the routing
-    overhead against bare mitmdump (bench/, docs/benchmarks.md).
+    overhead against bare mitmdump (bench/, docs/benchmarks.md). The price: when a child
+    raises, the later children miss that event, so what must see every flow stands apart
+    (`for_mitmproxy`).
     """
 
     def __init__(self) -> None:
         self.addons = make_addons()
         self.manager: ProfileManager = self.addons[0]
 
+    def for_mitmproxy(self) -> list:
+        """The top-level addons: this container, then the guard and the observer, which must
+        act even on a flow whose handling raised (they answer and count it)."""
+        return [self, NoDirectUpstream(), ExchangeObserver()]
+
 
 def make_addons() -> list:
-    """The addons in hook order. Addons answering other `/_ambassador/...` paths go before
+    """The addons in hook order (NoDirectUpstream and ExchangeObserver follow them, see
+    AmbassadorAddons.for_mitmproxy). Addons answering other `/_ambassador/...` paths go before
     AdminEndpoints; addons acting on routed flows go between Router and Forwarder."""
     from .compose import Aggregates, Batch, JobEndpoint, RespondAsync  # they build on this module
     from .jobs import Jobs
@@ -316,8 +324,6 @@ def make_addons() -> list:
         Router(manager),
         RespondAsync(jobs),
         Forwarder(),
-        NoDirectUpstream(),
-        ExchangeObserver(),  # last: sees every answer, whoever gave it
         ConnectionLog(),
         AdminCommands(manager),
     ]

@@ -184,7 +184,7 @@ class BreakerStage:
                 self.release(ticket)
             request.notes["breaker"] = self.state()
             raise
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or a bug below: not the upstream's outcome, free the trial
             self.release(ticket)
             raise
         await self.record(ticket, failed=response.status in self.policy.failure_statuses)

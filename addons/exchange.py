@@ -75,9 +75,10 @@ def client_request(method: str, route: Route, headers: CIMultiDict[str], body: b
             raise AmbassadorError("bad_request", "X-Ambassador-Timeout must be a duration like 2s or 500ms", name) from None
     retries = None
     if "X-Ambassador-Retries" in headers:
-        if not headers["X-Ambassador-Retries"].strip().isdigit():
+        value = headers["X-Ambassador-Retries"].strip()
+        if not (value.isascii() and value.isdecimal()):
             raise AmbassadorError("bad_request", "X-Ambassador-Retries must be a number of retries (0 disables them)", name)
-        retries = int(headers["X-Ambassador-Retries"])
+        retries = int(value)
     ambassador_headers = [k for k in headers if k.lower().startswith("x-ambassador-")]
     return UpstreamRequest(
         method=method,

@@ -23,10 +23,16 @@ def join_path(base_path: str, rest: str) -> str:
 
 
 def check_no_dot_segments(path: str) -> None:
-    """Refuse paths that could climb out of a prefix once the upstream decodes them."""
+    """Refuse paths that could climb out of a prefix once the upstream decodes them.
+
+    Decoded twice (`%252e`), with `\\` as `/`, and with `;params` cut off each segment:
+    Tomcat, Jetty and Spring read `..;x` as `..`.
+    """
+    if not path.startswith("/"):
+        raise AmbassadorError("bad_request", f"the request target must be a path, got {path[:50]!r}")
     only_path = path.split("?", 1)[0]
     decoded = unquote(unquote(only_path))
-    if any(segment in (".", "..") for segment in decoded.replace("\\", "/").split("/")):
+    if any(segment.split(";", 1)[0] in (".", "..") for segment in decoded.replace("\\", "/").split("/")):
         raise AmbassadorError("bad_request", "path contains '.' or '..' segments")
 
 

@@ -262,6 +262,8 @@ class SoapStage:
         name = self.upstream.name
         try:
             result = parse_answer(answer.body)
+        except RecursionError:
+            raise AmbassadorError("upstream_error", f"upstream {name} answered XML nested too deeply to convert", name) from None
         except NotSoap as e:
             kind = answer.headers.get("Content-Type", "no content type")
             raise AmbassadorError(
@@ -278,7 +280,10 @@ class SoapStage:
                 "faultstring": result.string,
                 "detail": result.detail,
             }
-        body = json.dumps(result).encode()
+        try:
+            body = json.dumps(result).encode()
+        except RecursionError:
+            raise AmbassadorError("upstream_error", f"upstream {name} answered XML nested too deeply to convert", name) from None
         headers = CIMultiDict((k, v) for k, v in answer.headers.items() if k.lower() not in REPLACED_RESPONSE_HEADERS)
         headers["Content-Type"] = "application/json"
         headers["Content-Length"] = str(len(body))

@@ -59,3 +59,32 @@ def test_mitmproxy_never_connects_upstream_itself():
     guard.request(unanswered)
     assert unanswered.response.status_code == 500
     assert json.loads(unanswered.response.content)["reason"] == "internal_error"
+
+
+def test_a_raising_addon_still_gets_the_flow_answered(tmp_path):
+    """The container's children share one error context: the guard and the observer stand
+    outside it, so a bug in a child cannot leave a flow unanswered (and so forwarded)."""
+    import asyncio
+
+    from mitmproxy.proxy.layers.http import HttpRequestHook
+
+    from addons.ambassador import AmbassadorAddons
+
+    class Broken:
+        def request(self, flow):
+            raise RuntimeError("a bug")
+
+    async def run():
+        container = AmbassadorAddons()
+        container.addons.insert(1, Broken())
+        with taddons.context(ServerPlayback(), *container.for_mitmproxy()) as tctx:
+            tctx.configure(container.manager, ambassador_profile=str(profile(tmp_path)))
+            flow = tflow.tflow()
+            flow.request.host, flow.request.port, flow.request.path = "app.internal", 80, "/x"
+            await tctx.master.addons.handle_lifecycle(HttpRequestHook(flow))
+            return flow
+
+    flow = asyncio.run(run())
+    assert flow.response.status_code == 500
+    assert json.loads(flow.response.content)["reason"] == "internal_error"
+    assert flow.comment  # the observer annotated it too

@@ -68,3 +68,18 @@ def test_listens_on_loopback_only(setup):
                 if state == "0A" and int(port, 16) == amb.port:  # 0A: LISTEN
                     listening.append(address)
     assert listening == ["0100007F"]  # 127.0.0.1, and nothing on tcp6 or other addresses
+
+
+@pytest.mark.parametrize("path", ["/app/..;/secret", "/app/%2e%2e%3b/secret", "/app/.;x/secret", "/app/..;jsessionid=1/x"])
+def test_dot_segments_with_parameters_are_refused(setup, path):
+    amb, app, _ = setup
+    before = len(app.received)
+    status, _, body = amb.get(path)
+    assert status == 400 and json.loads(body)["reason"] == "bad_request"
+    assert len(app.received) == before
+
+
+def test_asterisk_form_gets_json_not_a_crash(setup):
+    amb, app, _ = setup
+    status, _, body = amb.request("OPTIONS", "*")
+    assert status in (400, 404) and json.loads(body)["reason"] in ("bad_request", "no_route")
