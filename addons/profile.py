@@ -72,7 +72,7 @@ SECTIONS: Mapping[str, Keys] = MappingProxyType({
     ),
     "cache": _keys("ttl stale_if_error max_bytes store"),
     "breaker": _keys("fail_max reset_timeout failure_statuses half_open_max"),
-    "retry": _keys("attempts backoff statuses methods"),
+    "retry": _keys("attempts backoff statuses methods try_timeout"),
     "async": _keys("keep"),
     "soap": _keys("namespace version", "namespace"),
 })
@@ -200,6 +200,7 @@ class RetryPolicy:
     backoff: float = 0.1
     statuses: frozenset[int] = frozenset({502, 503, 504})
     methods: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+    try_timeout: float | None = None  # bounds each try; unset, a try may use all the time left
 
 
 @dataclass(frozen=True)
@@ -674,6 +675,7 @@ def _read_retry(r: _Reader, node: Any, path: str) -> RetryPolicy | None:
         backoff=r.value(t, path, "backoff", duration, d.backoff),
         statuses=r.value(t, path, "statuses", status_list, d.statuses),
         methods=r.value(t, path, "methods", method_list, d.methods),
+        try_timeout=r.value(t, path, "try_timeout", positive_duration, d.try_timeout),
     )
 
 

@@ -3,8 +3,8 @@
 Every try goes through the stages inside this one (breaker, auth) again: a try the breaker
 refuses is not sent, and the client gets the last answer the upstream gave. The whole
 exchange, waits included, stays within the upstream's `timeout` (or the client's shorter
-`X-Ambassador-Timeout`): each try gets an equal share of the time left for the tries left,
-so a try that hangs still leaves time for the next one.
+`X-Ambassador-Timeout`). A try may use all the time left, so a slow but healthy upstream is
+not cut short; `try_timeout` bounds each try, so that a hanging one leaves time for the next.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class RetryStage:
                 # A shallow copy: the tries share the request's headers and notes.
                 attempt = copy.copy(request)
                 attempt.started = time.monotonic()
-                attempt.timeout = (deadline - attempt.started) / (tries - sent)
+                left = deadline - attempt.started
+                attempt.timeout = min(left, self.policy.try_timeout) if self.policy.try_timeout else left
             try:
                 outcome = await call_next(attempt)
                 retryable = outcome.status in self.policy.statuses

@@ -47,6 +47,11 @@ upstreams:
     url: {upstream.url}/api
     match: {{path_prefix: /partner}}
     timeout: 3s
+    retry: {{attempts: 3, backoff: 50ms, try_timeout: 1s}}
+  patient:
+    url: {upstream.url}/api
+    match: {{path_prefix: /patient}}
+    timeout: 3s
     retry: {{attempts: 3, backoff: 50ms}}
   guarded:
     url: {upstream.url}/api
@@ -90,7 +95,14 @@ def test_a_hanging_try_is_retried_within_the_timeout(amb, upstream):
     status, headers, body = amb.get(f"/partner/{key}")
     elapsed = time.monotonic() - started
     assert (status, body, headers["X-Ambassador-Attempts"]) == (200, b"quick", "2")
-    assert elapsed < 3  # the first try got its share (1s) of the 3s timeout, not all of it
+    assert elapsed < 3  # the first try had its try_timeout (1s) of the 3s timeout, not all of it
+
+
+def test_a_slow_but_healthy_upstream_is_not_cut_short(amb, upstream):
+    key = upstream.scripted.script("slow-ok", Reply(200, body=b"worth the wait", delay=1.4))
+    status, headers, body = amb.get(f"/patient/{key}")
+    assert (status, body, headers["X-Ambassador-Attempts"]) == (200, b"worth the wait", "1")
+    assert len(upstream.scripted.seen[key]) == 1
 
 
 def test_the_whole_exchange_never_exceeds_the_timeout(amb, upstream):
