@@ -94,7 +94,7 @@ def test_redis_entries_expire_in_redis(tmp_path, redis):
     with FakeUpstream(short) as origin, Ambassador(tmp_path, profile(origin.url, "redis", redis.url)) as amb:
         amb.get("/s/short")
         client = redis_client.Redis.from_url(redis.url)
-        key = f"ambassador:cache:{origin.url}/short".encode()
+        key = f"ambassador:cache:stored {origin.url}/short".encode()  # upstream name, then the URI
         assert 0 < client.pttl(key) <= 1000
         deadline = time.monotonic() + 10
         while client.exists(key):

@@ -107,10 +107,12 @@ def test_entity_tags():
 
 
 def test_keys():
-    assert keys.primary_key(UPSTREAM, "/v2/x?a=1") == "http://partner.example:8080/v2/x?a=1"
-    assert keys.related_key(UPSTREAM, "/v2/x", "/v2/y?z") == "http://partner.example:8080/v2/y?z"
-    assert keys.related_key(UPSTREAM, "/v2/a/b", "c") == "http://partner.example:8080/v2/a/c"
-    assert keys.related_key(UPSTREAM, "/v2/x", "http://PARTNER.example:8080/v2/y") == "http://partner.example:8080/v2/y"
+    name = UPSTREAM.name
+    assert keys.primary_key(UPSTREAM, "/v2/x?a=1") == f"{name} http://partner.example:8080/v2/x?a=1"
+    assert keys.primary_key(UPSTREAM, "/v2/x").startswith(keys.namespace(UPSTREAM))
+    assert keys.related_key(UPSTREAM, "/v2/x", "/v2/y?z") == f"{name} http://partner.example:8080/v2/y?z"
+    assert keys.related_key(UPSTREAM, "/v2/a/b", "c") == f"{name} http://partner.example:8080/v2/a/c"
+    assert keys.related_key(UPSTREAM, "/v2/x", "http://PARTNER.example:8080/v2/y") == f"{name} http://partner.example:8080/v2/y"
     assert keys.related_key(UPSTREAM, "/v2/x", "http://other.example:8080/v2/y") is None
     assert keys.related_key(UPSTREAM, "/v2/x", "https://partner.example:8080/v2/y") is None
 

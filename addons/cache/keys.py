@@ -12,13 +12,21 @@ from ..profile import Upstream
 COMMA_SPACE_RE = re.compile(r"\s*,\s*")
 
 
+def namespace(upstream: Upstream) -> str:
+    """What every key of this upstream starts with. The upstream's name is in it: two
+    upstreams for one URL may carry different credentials, and a shared store (sqlite,
+    Redis) must not answer one with what the other fetched."""
+    return f"{upstream.name} {upstream.url}"
+
+
 def primary_key(upstream: Upstream, path: str) -> str:
-    """The target URI at the upstream: its origin and the path with query (the base path included).
+    """The target URI at the upstream (the path with query, its base path included), in the
+    upstream's namespace.
 
     The method is not part of it: GET and HEAD share the stored GET response, and an unsafe
     method invalidates whatever is stored for its URI.
     """
-    return upstream.url.origin + path
+    return f"{upstream.name} {upstream.url.origin}{path}"
 
 
 def related_key(upstream: Upstream, path: str, reference: str) -> str | None:
@@ -31,7 +39,7 @@ def related_key(upstream: Upstream, path: str, reference: str) -> str | None:
         return None
     if (parts.scheme, (parts.hostname or "").lower(), port) != (upstream.url.scheme, upstream.url.host, upstream.url.port):
         return None
-    return upstream.url.origin + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return primary_key(upstream, (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
 
 
 def vary_names(values: list[str]) -> tuple[str, ...] | None:

@@ -51,7 +51,7 @@ def make_store(upstream: Upstream, state: str | None) -> Store:
     if policy.store == "sqlite":
         return SqliteStore(policy.sqlite_path, policy.max_bytes)
     if policy.store == "redis":
-        return RedisStore(state, str(upstream.url))
+        return RedisStore(state, keys.namespace(upstream))
     return MemoryStore(policy.max_bytes)
 
 
@@ -106,7 +106,7 @@ class CacheStage:
 
         Callable from synchronous command handlers; await the task to know it is done.
         """
-        task = asyncio.get_running_loop().create_task(self.store.clear(str(self.upstream.url)))
+        task = asyncio.get_running_loop().create_task(self.store.clear(keys.namespace(self.upstream)))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
         return task
