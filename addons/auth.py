@@ -9,6 +9,7 @@ e.g. "Bearer [redacted]"), which the Forwarder writes onto the flow instead of t
 from __future__ import annotations
 
 import base64
+import dataclasses
 from typing import Callable
 from urllib.parse import quote, unquote_plus
 
@@ -123,8 +124,9 @@ def auth_stage(upstream: Upstream, deadline_of: Callable[[UpstreamRequest], floa
             return QueryCredential(parameter, value)
         case OAuth2ClientCredentials() as policy:
             # The token endpoint is contacted with the upstream's TLS settings (trusted CAs,
-            # client certificate): it is usually the same partner.
-            tls = upstream.tls.context() if policy.token_url.startswith("https:") else False
+            # client certificate): it is usually the same partner. But the client secret only
+            # ever goes to a verified endpoint: `tls.verify: false` is not followed there.
+            tls = dataclasses.replace(upstream.tls, verify=True).context() if policy.token_url.startswith("https:") else False
             endpoint = TokenEndpoint(policy, tls)
             return OAuth2Credential(TokenManager(upstream.name, endpoint, upstream.timeout), deadline_of)
     raise TypeError(f"unknown auth policy {upstream.auth!r}")

@@ -10,6 +10,7 @@ the two in agreement.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import os
 import re
@@ -130,16 +131,32 @@ class TLSPolicy:
     client_key: Path | None = None
 
     def context(self) -> ssl.SSLContext:
-        """The TLS settings of an upstream, for its own connections and its token endpoint's."""
-        context = ssl.create_default_context()
-        if not self.verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        elif self.ca:
-            context.load_verify_locations(cafile=str(self.ca))
-        if self.client_cert:
-            context.load_cert_chain(str(self.client_cert), str(self.client_key) if self.client_key else None)
-        return context
+        """The TLS settings of an upstream, for its own connections and its token endpoint's.
+
+        Building one costs tens of milliseconds (the system's CA bundle), on the event loop
+        when a profile is swapped: one is kept per policy and version of its files, so that
+        a reload reuses it and a rotated certificate is still picked up.
+        """
+        files = tuple(_file_signature(f) for f in (self.ca, self.client_cert, self.client_key) if f)
+        return _tls_context(self, files)
+
+
+def _file_signature(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path), st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=32)
+def _tls_context(tls: TLSPolicy, files: tuple) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if not tls.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif tls.ca:
+        context.load_verify_locations(cafile=str(tls.ca))
+    if tls.client_cert:
+        context.load_cert_chain(str(tls.client_cert), str(tls.client_key) if tls.client_key else None)
+    return context
 
 
 @dataclass(frozen=True)

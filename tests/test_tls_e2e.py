@@ -109,6 +109,16 @@ upstreams:
       token_url: {servers['auth'].url}/oauth/token
       client_id: app
       client_secret: tls-client-secret
+  partner-oauth-insecure:
+    url: {servers['api'].url}
+    match: {{path_prefix: /oauth-insecure}}
+    timeout: 1s
+    tls: {{verify: false}}
+    auth:
+      type: oauth2_client_credentials
+      token_url: {servers['auth'].url}/oauth/token
+      client_id: app
+      client_secret: tls-client-secret
   partner-oauth-untrusted:
     url: {servers['api'].url}
     match: {{path_prefix: /oauth-untrusted}}
@@ -191,6 +201,16 @@ upstreams:
     assert "upstreams.partner.tls" in amb.output and "Traceback" not in amb.output
     checked = run_sh("check", str(profile))  # `check` refuses it too, for the same reason
     assert checked.returncode == 2 and "upstreams.partner.tls: cannot use the certificates" in checked.stderr
+
+
+def test_the_client_secret_goes_only_to_a_verified_token_endpoint(amb, servers):
+    # `tls.verify: false` is for the upstream; the token endpoint is still verified.
+    before = len(servers["api"].received)
+    status, _, body = amb.get("/oauth-insecure/data")
+    answer = json.loads(body)
+    assert status == 502 and answer["reason"] == "auth_failed", answer
+    assert "certificate verify failed" in answer["error"]
+    assert len(servers["api"].received) == before
 
 
 def test_an_untrusted_token_endpoint_is_auth_failed_naming_tls(amb, servers):
