@@ -23,7 +23,7 @@ from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse, client_request
 from .gateway import Gateway
 from .operations import AdminCommands, ConnectionLog, ExchangeObserver, MetricsEndpoint
-from .profile import ADMIN_PREFIX, PROFILES_DIR, ProfileError, load_profile, resolve_profile_name
+from .profile import ADMIN_PREFIX, PROFILES_DIR, Profile, ProfileError, load_profile, resolve_profile_name
 from .routing import Route
 from .service import UpstreamService
 
@@ -78,8 +78,12 @@ class ProfileManager:
     def swap(self, path: Path) -> None:
         """Load `path` and make it the running profile; raises ProfileError and keeps the old one."""
         signature = _signature(path)
+        self.install(load_profile(path), signature)
+
+    def install(self, profile: Profile, signature: tuple[int, int] | None) -> None:
         previous = self.gateway
-        gateway = Gateway(load_profile(path), previous)
+        path = profile.path
+        gateway = Gateway(profile, previous)
         # `./run.sh replay`: server playback answers what was recorded; nothing else may go out.
         gateway.set_offline(bool(ctx.options.server_replay))
         self.gateway = gateway
@@ -107,8 +111,12 @@ class ProfileManager:
             signature = _signature(self.gateway.profile.path)
             if signature in (self.loaded_signature, self.refused_signature) or signature is None:
                 continue
+            path = self.gateway.profile.path
             try:
-                self.swap(self.gateway.profile.path)
+                # Reading and validating off the loop: requests go on meanwhile.
+                profile = await asyncio.to_thread(load_profile, path)
+                if path == self.gateway.profile.path:  # not swapped for another one meanwhile
+                    self.install(profile, signature)
             except ProfileError as e:
                 self.refused_signature = signature
                 log.warning("profile refused, keeping the running one:\n%s", e)
