@@ -50,6 +50,9 @@ def deadline_of(upstream: Upstream, request: UpstreamRequest) -> float:
     return request.started + timeout_of(upstream, request)
 
 
+_closing: set[asyncio.Task] = set()  # strong references until the tasks finish
+
+
 @dataclass
 class UpstreamStats:
     """Counters kept across profile swaps, keyed by upstream name."""
@@ -73,6 +76,7 @@ class UpstreamService:
         self.inflight = 0
         self.retired = False
         self.offline = False  # replaying recorded flows: the upstream must never be contacted
+        self.stages_to_close = [s for s in self.stages if hasattr(s, "close")]
 
     def stage(self, name: str) -> Stage | None:
         return next((s for s in self.stages if s.name == name), None)
@@ -112,7 +116,7 @@ class UpstreamService:
         finally:
             self.inflight -= 1
             if self.retired and self.inflight == 0:
-                await self.close()
+                self._close_soon()
         self.stats.responses[response.status] += 1
         return response
 
@@ -125,10 +129,18 @@ class UpstreamService:
         """A new profile replaced this service: close its connections once in-flight requests end."""
         self.retired = True
         if self.inflight == 0:
-            asyncio.get_running_loop().create_task(self.close())
+            self._close_soon()
+
+    def _close_soon(self) -> None:
+        # A task of its own: the last request's answer does not wait for the closing.
+        task = asyncio.get_running_loop().create_task(self.close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
 
     async def close(self) -> None:
-        for stage in self.stages:
-            if hasattr(stage, "close"):
-                await stage.close()
+        """Close the stages once and the connections. Safe to repeat: a flow matched just
+        before a swap may still come through and open a connection again."""
+        stages, self.stages_to_close = self.stages_to_close, []
+        for stage in stages:
+            await stage.close()
         await self.transport.close()
