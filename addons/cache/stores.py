@@ -34,6 +34,7 @@ log = logging.getLogger("ambassador.cache")
 
 REDIS_PREFIX = "ambassador:cache:"
 REDIS_TIMEOUT = 1.0  # a store slower than this is treated as down: answer from upstream instead
+OUTAGE_PAUSE = 2.0  # seconds a failed store is left alone before it is tried again
 COUNT_REFRESH = 1.0  # seconds between recounts of a shared store's entries
 # A memory store item's own bookkeeping: its (variants, size, expiry) tuple and ordered-dict slot.
 ITEM_OVERHEAD = 256
@@ -279,18 +280,27 @@ def _glob_escape(text: str) -> str:
 
 
 class Guarded:
-    """A store whose failures become misses and skipped writes, logged once per outage."""
+    """A store whose failures become misses and skipped writes, logged once per outage.
+
+    After a failure the store is left alone for `OUTAGE_PAUSE` seconds: a store that hangs
+    would otherwise cost every request its timeout, twice (read and write).
+    """
 
     def __init__(self, store: Store, upstream_name: str):
         self.store = store
         self.upstream_name = upstream_name
         self.failing = False
+        self.paused_until = 0.0
+
+    def _paused(self) -> bool:
+        return self.failing and time.monotonic() < self.paused_until
 
     @property
     def entries(self) -> int:
         return self.store.entries
 
     def _failed(self, error: Exception) -> None:
+        self.paused_until = time.monotonic() + OUTAGE_PAUSE
         if not self.failing:
             self.failing = True
             log.warning(
@@ -304,6 +314,8 @@ class Guarded:
             log.warning("upstream %s: cache store recovered", self.upstream_name)
 
     async def get(self, key: str) -> list[Entry] | None:
+        if self._paused():
+            return None
         try:
             variants = await self.store.get(key)
         except Exception as e:  # any store failure must degrade, never fail the request
@@ -319,6 +331,9 @@ class Guarded:
         await self._write(self.store.delete(key))
 
     async def _write(self, operation) -> None:
+        if self._paused():
+            operation.close()  # never started: nothing to wait for
+            return
         try:
             await operation
         except Exception as e:  # as in get()
