@@ -15,6 +15,7 @@ carry the annotations too.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Mapping
@@ -143,6 +144,9 @@ class ExchangeObserver:
 
     def __init__(self) -> None:
         self.log_exchanges = True
+        # The metrics' children per label values: `labels()` takes a lock and hashes each time.
+        self.counted = functools.lru_cache(maxsize=1024)(metrics.REQUESTS.labels)
+        self.timed = functools.lru_cache(maxsize=256)(metrics.LATENCY.labels)
 
     def configure(self, updated) -> None:
         if "termlog_verbosity" in updated:
@@ -154,8 +158,8 @@ class ExchangeObserver:
             return  # not live: a flow loaded from a file (`--rfile`) is no exchange of ours
         exchange = Exchange.of(flow, time.time())
         if exchange.upstream:
-            metrics.REQUESTS.labels(exchange.upstream, exchange.status_class).inc()
-            metrics.LATENCY.labels(exchange.upstream).observe(exchange.seconds)
+            self.counted(exchange.upstream, exchange.status_class).inc()
+            self.timed(exchange.upstream).observe(exchange.seconds)
         if self.log_exchanges:
             log.info(exchange.log_line())
         flow.comment = exchange.comment()
