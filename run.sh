@@ -63,8 +63,15 @@ EOF
     exec 9>&- 2>/dev/null || true
 }
 
-profile_arg() { # PROFILE is the first argument unless it is a mitmproxy option
-    if [[ $# -gt 0 && "$1" != -* ]]; then echo "$1"; else echo "default"; fi
+profile_arg() { # PROFILE: the first argument unless it is an option, else a --set ambassador_profile=, else default
+    if [[ $# -gt 0 && "$1" != -* ]]; then echo "$1"; return; fi
+    local previous="" arg found="default"
+    for arg in "$@"; do
+        [[ "$previous" == "--set" && "$arg" == ambassador_profile=* ]] && found=${arg#ambassador_profile=}
+        [[ "$arg" == --set=ambassador_profile=* ]] && found=${arg#--set=ambassador_profile=}
+        previous=$arg
+    done
+    echo "$found"
 }
 
 is_default_profile() {
@@ -76,6 +83,9 @@ serve() { # serve dump|web PROFILE [OPTIONS...]
     local tool=$1 profile=$2
     shift 2
     local args=(-m addons "$tool" --set "ambassador_profile=$profile" "$@")
+    if printf '%s\n' "$@" | grep -q '^\(--set=\)\{0,1\}ambassador_profile='; then
+        args=(-m addons "$tool" "$@")  # given as a mitmproxy option: passed on unchanged
+    fi
     if [[ "${AMBASSADOR_NO_DEMO:-}" != 1 ]] && is_default_profile "$profile"; then
         # The default profile fronts the bundled demo legacy service: start it alongside.
         "$VENV/bin/python" -m demo.legacy_service --port "${DEMO_PORT:-8081}" &

@@ -15,6 +15,7 @@ import os
 import time
 import weakref
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mitmproxy import command, ctx, exceptions, http
 from multidict import CIMultiDict
@@ -24,7 +25,7 @@ from .exchange import UpstreamRequest, UpstreamResponse, client_request
 from .gateway import Gateway
 from .operations import AdminCommands, ConnectionLog, ExchangeObserver, MetricsEndpoint
 from .profile import ADMIN_PREFIX, PROFILES_DIR, Profile, ProfileError, load_profile, resolve_profile_name
-from .routing import Route
+from .routing import Route, is_admin_path, is_local_name
 from .service import UpstreamService
 
 log = logging.getLogger("ambassador")
@@ -151,6 +152,35 @@ def error_response(error: AmbassadorError) -> http.Response:
     return response
 
 
+def addressed_to_ambassador(flow: http.HTTPFlow) -> bool:
+    """A request for the ambassador itself rather than one through it as an HTTP proxy: it
+    names the listener's port and a local name for it (see routing.is_local_name)."""
+    address, port = flow.client_conn.sockname[:2]
+    return flow.request.port == port and is_local_name(flow.request.host, address)
+
+
+class AdminGate:
+    """Who may use `/_ambassador/...`: requests for the ambassador itself or for an upstream's
+    host, and no cross-site browser requests (a web page must not drive the batch endpoint
+    with the ambassador's credentials)."""
+
+    def __init__(self, manager: ProfileManager):
+        self.manager = manager
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live or not is_admin_path(flow.request.path):
+            return
+        request = flow.request
+        if not (addressed_to_ambassador(flow) or self.manager.gateway.routes.for_host(request.host, request.port)):
+            flow.response = error_response(
+                AmbassadorError("not_allowed", f"{ADMIN_PREFIX}/ is not served for host {request.host}:{request.port}")
+            )
+        elif (origin := request.headers.get("Origin")) and not is_local_name(urlsplit(origin).hostname or "", ""):
+            flow.response = error_response(
+                AmbassadorError("not_allowed", f"cross-site requests to {ADMIN_PREFIX}/ are refused (Origin: {origin[:100]})")
+            )
+
+
 class AdminEndpoints:
     """`/_ambassador/...` belongs to the ambassador on every listener."""
 
@@ -158,11 +188,9 @@ class AdminEndpoints:
         self.manager = manager
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
+        if flow.response or flow.error or not flow.live or not is_admin_path(flow.request.path):
             return
         path = flow.request.path.split("?", 1)[0]
-        if path != ADMIN_PREFIX and not path.startswith(ADMIN_PREFIX + "/"):
-            return
         gateway = self.manager.gateway
         if path == f"{ADMIN_PREFIX}/status" and flow.request.method in ("GET", "HEAD"):
             flow.response = json_response(200, gateway.status())
@@ -204,8 +232,7 @@ class Router:
             upstream = gateway.routes.for_host(request.host, request.port)
             if upstream:
                 route = gateway.routes.for_proxy(upstream, request.path)
-            elif request.port == flow.client_conn.sockname[1]:
-                # Addressed to the ambassador itself (origin-form, or absolute-form naming our port).
+            elif addressed_to_ambassador(flow):
                 route = gateway.routes.for_path(request.path)
             else:
                 raise AmbassadorError(
@@ -324,6 +351,7 @@ def make_addons() -> list:
     jobs = Jobs()
     return [
         manager,
+        AdminGate(manager),
         MetricsEndpoint(),
         Aggregates(manager),
         Batch(manager),

@@ -20,7 +20,7 @@ from .aggregate import NOT_FORWARDED_TO_PARTS, answer_of, embedded
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, client_request
 from .profile import ADMIN_PREFIX, HTTP_METHODS
-from .routing import Route, RouteTable
+from .routing import Route, RouteTable, is_admin_path
 from .service import UpstreamService
 
 MAX_ITEMS = 100
@@ -74,7 +74,7 @@ def _parse_item(raw: Any, routes: RouteTable) -> BatchItem:
     path = raw.get("path")
     if not isinstance(path, str) or not path.startswith("/") or BAD_VALUE_RE.search(path) or " " in path:
         raise bad(f"path must be a path on the ambassador starting with '/', got {path!r}")
-    if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+    if is_admin_path(path):
         raise bad(f"{ADMIN_PREFIX}/ paths cannot be batched")
     headers = _headers(raw.get("headers") or {})
     body = _body(raw.get("body"), headers)

@@ -13,7 +13,7 @@ import re
 from mitmproxy import ctx, http
 
 from .aggregate import AggregateTable, fan_out
-from .ambassador import ProfileManager, attached, error_response, json_response, to_upstream_request
+from .ambassador import ProfileManager, addressed_to_ambassador, attached, error_response, json_response, to_upstream_request
 from .batch import parse_batch, run_batch
 from .errors import AmbassadorError
 from .gateway import Gateway
@@ -58,8 +58,8 @@ class Aggregates:
         if _handled(flow) or not gateway.profile.aggregates:
             return
         request = flow.request
-        if gateway.routes.for_host(request.host, request.port) or request.port != flow.client_conn.sockname[1]:
-            return  # a proxy request for an upstream's host, not addressed to the ambassador
+        if not addressed_to_ambassador(flow):
+            return  # a proxy request (the Router answers it), not one for the ambassador itself
         found = self.table(gateway).match(_only_path(flow))
         if found is None:
             return

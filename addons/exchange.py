@@ -71,8 +71,10 @@ def client_request(method: str, route: Route, headers: CIMultiDict[str], body: b
     if "X-Ambassador-Timeout" in headers:
         try:
             timeout = duration(headers["X-Ambassador-Timeout"])
+            if timeout <= 0:
+                raise ValueError("not positive")
         except ValueError:
-            raise AmbassadorError("bad_request", "X-Ambassador-Timeout must be a duration like 2s or 500ms", name) from None
+            raise AmbassadorError("bad_request", "X-Ambassador-Timeout must be a positive duration like 2s or 500ms", name) from None
     retries = None
     if "X-Ambassador-Retries" in headers:
         value = headers["X-Ambassador-Retries"].strip()

@@ -27,6 +27,7 @@ from prometheus_client.exposition import choose_encoder
 from . import metrics
 from .errors import AmbassadorError
 from .profile import ADMIN_PREFIX
+from .routing import is_admin_path
 
 log = logging.getLogger("ambassador")
 
@@ -34,11 +35,6 @@ METRICS_PATH = f"{ADMIN_PREFIX}/metrics"
 ERROR_MARKER = ":no_entry:"  # the ambassador answered itself (circuit_open, timeout, ...)
 DEGRADED_MARKER = ":warning:"  # answered, but not plainly: stale copy, retries, breaker not closed
 REPLAY_MARKER = ":repeat:"  # answered from a recording (./run.sh replay)
-
-
-def is_admin_path(path: str) -> bool:
-    path = path.split("?", 1)[0]
-    return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
 
 
 class MetricsEndpoint:

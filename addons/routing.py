@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from .errors import AmbassadorError
-from .profile import Profile, Upstream
+from .profile import ADMIN_PREFIX, Profile, Upstream
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,25 @@ def join_path(base_path: str, rest: str) -> str:
     if not rest or rest[0] == "?":
         return (base_path or "/") + rest
     return base_path + rest
+
+
+def is_admin_path(path: str) -> bool:
+    """`/_ambassador` and below: the ambassador's own endpoints, on every listener."""
+    path = path.split("?", 1)[0]
+    return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
+
+
+def is_local_name(host: str, listener_address: str) -> bool:
+    """A name a client on this host uses for the ambassador: a loopback name or address, or
+    the address it listens on. A request naming anything else at the ambassador's port comes
+    from a web page whose name resolves here (DNS rebinding), not from the app."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost") or host == listener_address:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_no_dot_segments(path: str) -> None:

@@ -92,12 +92,10 @@ class UpstreamService:
 
     def timeout_error(self, request: UpstreamRequest) -> AmbassadorError:
         name = self.upstream.name
-        return AmbassadorError("timeout", f"upstream {name} did not answer within {timeout_of(self.upstream, request):g}s", name)
+        return AmbassadorError("timeout", f"upstream {name} did not answer within {timeout_of(self.upstream, request):.3g}s", name)
 
     async def send_once(self, request: UpstreamRequest) -> UpstreamResponse:
         """One exchange with the upstream, bounded by what is left of the request's timeout."""
-        if self.offline:
-            raise AmbassadorError("not_recorded", f"no recorded response for {request.method} {request.path}", self.upstream.name)
         remaining = self.deadline_of(request) - time.monotonic()
         if remaining <= 0:
             raise self.timeout_error(request)
@@ -107,6 +105,9 @@ class UpstreamService:
             raise self.timeout_error(request) from None
 
     async def handle(self, request: UpstreamRequest) -> UpstreamResponse:
+        if self.offline:  # before the stages: a token endpoint is network too
+            self.stats.errors["not_recorded"] += 1
+            raise AmbassadorError("not_recorded", f"no recorded response for {request.method} {request.path}", self.upstream.name)
         self.inflight += 1
         try:
             response = await self._run(0, request)

@@ -38,3 +38,10 @@ def test_listener_defaults_to_loopback(tmp_path):
         m = amb.wait_for_log(r"listening at ([\d.]+):\d+")
         assert m.group(1) == "127.0.0.1"
 
+
+
+def test_profile_given_as_a_mitmproxy_option(tmp_path):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("upstreams:\n  app:\n    url: http://127.0.0.1:9\n    match: {path_prefix: /app}\n")
+    with Ambassador(tmp_path, None, "--set", f"ambassador_profile={profile}") as amb:
+        assert amb.status()["profile"] == str(profile)

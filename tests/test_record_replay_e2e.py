@@ -152,3 +152,22 @@ def test_offline_profile_records_and_replays_the_demo_service(tmp_path):
         assert (replayed[0], replayed[2]) == (recorded[0], recorded[2])
         status, _, body = amb.get("/partner/customers/4")
         assert status == 502 and json.loads(body)["reason"] == "not_recorded"
+
+
+def test_replay_contacts_no_token_endpoint_either(tmp_path):
+    """Offline means offline: an unrecorded request to an OAuth2 upstream gets not_recorded
+    without the token endpoint hearing of it (no client secret leaves the machine)."""
+    recording = tmp_path / "empty.flows"
+    recording.write_bytes(b"")
+    with FakeUpstream(lambda req: Reply.json({"access_token": "t", "expires_in": 60})) as idp, FakeUpstream() as api:
+        profile = f"""
+upstreams:
+  partner:
+    url: {api.url}
+    match: {{path_prefix: /partner}}
+    auth: {{type: oauth2_client_credentials, token_url: {idp.url}/token, client_id: app, client_secret: s3cret}}
+"""
+        with Ambassador(tmp_path, profile, command=("replay", str(recording))) as amb:
+            status, _, body = amb.get("/partner/x")
+            assert status == 502 and json.loads(body)["reason"] == "not_recorded"
+        assert idp.received == [] and api.received == []

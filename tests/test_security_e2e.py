@@ -34,15 +34,37 @@ def test_absolute_form_urls_for_other_hosts_are_refused(setup):
 def test_host_header_cannot_redirect_the_exchange(setup):
     amb, app, bystander = setup
     assert refused(amb.request("GET", "/app/x", {"Host": "evil.example"}))
-    # Naming the ambassador's own port, the request is routed by path, to the profile's url only.
-    status, _, body = amb.request("GET", "/app/x", {"Host": f"127.0.0.1:{bystander.port}"})
-    assert status == 403
-    status, _, body = amb.request("GET", "/app/x", {"Host": f"evil.example:{amb.port}"})
-    assert status == 200
-    seen = json.loads(body)
-    assert seen["path"] == "/base/x"
-    assert dict(seen["headers"])["Host"] == f"127.0.0.1:{app.port}"
+    assert refused(amb.request("GET", "/app/x", {"Host": f"127.0.0.1:{bystander.port}"}))
+    # Requests for the ambassador itself name it by a local name: loopback or its address.
+    for host in (f"127.0.0.1:{amb.port}", f"localhost:{amb.port}", f"[::1]:{amb.port}"):
+        status, _, body = amb.request("GET", "/app/x", {"Host": host})
+        assert status == 200, host
+        seen = json.loads(body)
+        assert seen["path"] == "/base/x"
+        assert dict(seen["headers"])["Host"] == f"127.0.0.1:{app.port}"
     assert bystander.received == []
+
+
+def test_dns_rebinding_gets_nothing(setup):
+    """A web page whose name resolves to 127.0.0.1 reaches the port, but not the upstreams
+    (with their injected credentials) nor the admin endpoints."""
+    amb, app, _ = setup
+    before = len(app.received)
+    rebound = {"Host": f"attacker.example:{amb.port}"}
+    assert refused(amb.request("GET", "/app/x", rebound))
+    assert refused(amb.request("GET", "/_ambassador/status", rebound))
+    assert refused(amb.request("POST", "/_ambassador/batch", {**rebound, "Content-Type": "text/plain"}, b'[{"path": "/app/x"}]'))
+    assert len(app.received) == before
+
+
+def test_cross_site_browser_requests_to_admin_endpoints_are_refused(setup):
+    amb, app, _ = setup
+    before = len(app.received)
+    batch = b'[{"path": "/app/x"}]'
+    assert refused(amb.request("POST", "/_ambassador/batch", {"Origin": "http://attacker.example", "Content-Type": "text/plain"}, batch))
+    status, _, _ = amb.request("POST", "/_ambassador/batch", {"Origin": f"http://localhost:{amb.port}"}, batch)
+    assert status == 200
+    assert len(app.received) == before + 1
 
 
 @pytest.mark.parametrize("path", [
