@@ -241,8 +241,19 @@ class BreakerStage:
                 "upstream %s: shared breaker state unreachable (%s); using this instance's own breaker until it is back",
                 self.upstream_name, error,
             )
+            self.carry_over_shared_state()
         self.shared_down_until = time.monotonic() + SHARED_RETRY
         self.observe(self.local.state)
+
+    def carry_over_shared_state(self) -> None:
+        """An upstream the shared breaker last saw failing stays refused: the local breaker
+        takes over the open window rather than starting closed (a Redis blip must not send
+        every instance at a failing upstream)."""
+        if self.shared.state == CLOSED or self.local.state != CLOSED:
+            return
+        self.local.force_open()
+        left = max(0.0, self.shared.seconds_until_half_open())
+        self.local.opened_at = time.monotonic() - self.policy.reset_timeout + left
 
     def shared_reached(self) -> None:
         if self.shared_down_until is not None:

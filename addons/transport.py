@@ -95,11 +95,14 @@ class Transport:
             async with asyncio.timeout(min(TLS_PROBE_WAIT, deadline - asyncio.get_running_loop().time())):
                 reader, writer = await asyncio.open_connection(url.host, url.port, ssl=self.ssl)
                 try:
-                    await reader.read(1)
+                    first = await reader.read(1)
                 finally:
                     writer.close()
         except OSError as e:  # ssl.SSLError and TimeoutError included
             return tls_failure(e)
+        if first == b"" and not self.upstream.tls.client_cert:
+            # Some servers refuse a missing client certificate by closing, with no alert.
+            return "the upstream closed the connection right after the handshake (does it require a client certificate? see tls.client_cert)"
         return None
 
     async def close(self) -> None:

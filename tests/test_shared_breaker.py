@@ -266,3 +266,38 @@ def test_forcing_while_redis_is_down_forces_the_local_breaker():
         return refused.value
 
     assert asyncio.run(scenario()).reason == "circuit_open"
+
+
+def test_an_open_shared_breaker_stays_open_when_redis_goes_away(tmp_path):
+    """The local breaker takes over the open window: a Redis outage must not send every
+    instance at an upstream the shared breaker knows to be failing."""
+    policy = BreakerPolicy(fail_max=2, reset_timeout=30)
+
+    async def answer(status):
+        return UpstreamResponse(status, "", CIMultiDict())
+
+    def request():
+        return UpstreamRequest("GET", "/", CIMultiDict())
+
+    with RedisServer(tmp_path) as server:
+        stage = BreakerStage("carried", policy, SharedBreakerState.connect(server.url, "carried", policy, 10))
+        sent = []
+
+        async def upstream_ok(r):
+            sent.append(r)
+            return await answer(200)
+
+        async def scenario():
+            for _ in range(2):
+                await stage(request(), lambda r: answer(500))
+            assert stage.shared.state == "open"
+            server.kill()
+            await asyncio.sleep(FRESH_FOR + 0.1)  # the cached shared view goes stale: Redis is asked, and is gone
+            with pytest.raises(AmbassadorError) as refused:
+                await stage(request(), upstream_ok)
+            await stage.close()
+            return refused.value
+
+        refused = asyncio.run(scenario())
+    assert refused.reason == "circuit_open" and sent == []
+    assert stage.local.state == "open" and 25 < stage.local.seconds_until_half_open() <= 30

@@ -229,3 +229,42 @@ def test_a_broken_exchange_after_a_good_handshake_is_not_blamed_on_tls(amb):
     assert status == 502 and answer["reason"] == "connect_error", answer
     assert "broke off the exchange" in answer["error"] and "TLS" not in answer["error"]
     assert time.monotonic() - started < 5
+
+
+def test_a_server_that_hangs_up_after_the_handshake_gets_a_client_certificate_hint(pki, tmp_path):
+    """Some servers refuse a missing client certificate by closing, without a TLS alert."""
+    import socket
+    import threading
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    pki["partner_ca"].issue_cert("127.0.0.1").configure_cert(context)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.unwrap()  # handshake done, then hang up at once
+            except (OSError, ValueError):
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    profile = tmp_path / "hangup.yaml"
+    (tmp_path / "ca.pem").write_bytes(pki["partner_ca"].cert_pem.bytes())
+    profile.write_text(
+        f"upstreams:\n  strict:\n    url: https://127.0.0.1:{listener.getsockname()[1]}\n"
+        f"    match: {{path_prefix: /strict}}\n    tls: {{ca: ca.pem}}\n    timeout: 3s\n"
+    )
+    try:
+        with Ambassador(tmp_path, profile) as amb:
+            status, _, body = amb.get("/strict/x")
+            answer = json.loads(body)
+            assert status == 502 and answer["reason"] == "connect_error"
+            assert "TLS handshake with upstream strict failed" in answer["error"]
+            assert "client certificate" in answer["error"]
+    finally:
+        listener.close()
