@@ -63,6 +63,21 @@ EOF
     exec 9>&- 2>/dev/null || true
 }
 
+ensure_test_tools() { # what the end-to-end tests need from the system; installed where we can (root + apt)
+    local missing=()
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the mitmweb UI test
+    command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+    [[ ${#missing[@]} -eq 0 ]] && return
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "run.sh: installing ${missing[*]} for the tests" >&2
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+            || die "could not install ${missing[*]}"
+    else
+        die "the tests need ${missing[*]}: install them (Debian: sudo apt-get install ${missing[*]})"
+    fi
+}
+
 profile_arg() { # PROFILE: the first argument unless it is an option, else a --set ambassador_profile=, else default
     if [[ $# -gt 0 && "$1" != -* ]]; then echo "$1"; return; fi
     local previous="" arg found="default"
@@ -109,6 +124,7 @@ command=${1:-}
 case "$command" in
     test)
         shift
+        ensure_test_tools
         cd "$ROOT"
         exec "$VENV/bin/python" -m pytest "$@"
         ;;

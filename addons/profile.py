@@ -107,7 +107,7 @@ class UpstreamURL:
     port: int
     base_path: str  # without trailing slash; "" for the root
 
-    @property
+    @functools.cached_property  # asked for on every request (routing, cache keys)
     def origin(self) -> str:
         default = 443 if self.scheme == "https" else 80
         hostpart = f"[{self.host}]" if ":" in self.host else self.host

@@ -63,6 +63,20 @@ def echo(req: Received) -> Reply:
     )
 
 
+class Switch:
+    """A handler whose answer the test switches (`switch.reply = ...`), counting requests."""
+
+    def __init__(self):
+        self.reply = Reply(200, body=b"ok")
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, req: Received) -> Reply:
+        with self.lock:
+            self.count += 1
+        return self.reply
+
+
 class FakeUpstream:
     """A real HTTP/1.1 server on 127.0.0.1 playing a legacy or partner service."""
 

@@ -2,29 +2,14 @@
 upstreams (SPEC 5, 9)."""
 
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import Ambassador, FakeUpstream, Received, Reply
+from harness import Ambassador, FakeUpstream, Reply, Switch
 
 RESET = 1.5  # reset_timeout of the profile, seconds
-
-
-class Switch:
-    """An upstream whose behaviour the test switches: every request gets `reply`."""
-
-    def __init__(self):
-        self.reply = Reply(200, body=b"ok")
-        self.count = 0
-        self.lock = threading.Lock()
-
-    def __call__(self, req: Received) -> Reply:
-        with self.lock:
-            self.count += 1
-        return self.reply
 
 
 @pytest.fixture(scope="module")

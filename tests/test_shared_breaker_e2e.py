@@ -1,28 +1,15 @@
 """Two real ambassadors sharing breaker state through a real redis-server (SPEC 2 `state`, 5)."""
 
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import Ambassador, FakeUpstream, Received, Reply
+from harness import Ambassador, FakeUpstream, Reply, Switch
 from redis_server import RedisServer
 
 NAMES = ("spread", "trials", "restart")
-
-
-class Switch:
-    def __init__(self):
-        self.reply = Reply(200, body=b"ok")
-        self.count = 0
-        self.lock = threading.Lock()
-
-    def __call__(self, req: Received) -> Reply:
-        with self.lock:
-            self.count += 1
-        return self.reply
 
 
 def profile(redis_url: str, servers: dict) -> str:
