@@ -287,19 +287,22 @@ def to_upstream_request(flow: http.HTTPFlow, route: Route) -> UpstreamRequest:
 
 
 def to_mitm_response(answer: UpstreamResponse, http_version: str, upstream_name: str) -> http.Response:
+    fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items() if k.lower() != "x-ambassador-upstream"]
+    fields.append((b"X-Ambassador-Upstream", upstream_name.encode()))
+    if http_version in ("HTTP/2.0", "HTTP/3"):
+        # HTTP/2 and 3 want lower-case field names; mitmproxy would fix and log each one.
+        fields = [(k.lower(), v) for k, v in fields]
     now = time.time()
-    response = http.Response(
+    return http.Response(
         http_version=http_version.encode(),
         status_code=answer.status,
         reason=answer.reason.encode("latin-1", "replace"),
-        headers=http.Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]),
+        headers=http.Headers(fields),
         content=answer.body,
         trailers=None,
         timestamp_start=now,
         timestamp_end=now,
     )
-    response.headers["X-Ambassador-Upstream"] = upstream_name
-    return response
 
 
 class NoDirectUpstream:

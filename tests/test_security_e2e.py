@@ -105,3 +105,23 @@ def test_asterisk_form_gets_json_not_a_crash(setup):
     amb, app, _ = setup
     status, _, body = amb.request("OPTIONS", "*")
     assert status in (400, 404) and json.loads(body)["reason"] in ("bad_request", "no_route")
+
+
+def test_connect_to_an_upstream_host_is_intercepted_and_routed(setup):
+    """CONNECT is allowed for an upstream's host only; mitmproxy terminates the TLS with its own
+    CA (in the ambassador's confdir) and the request inside goes to the profile's url."""
+    import http.client
+    import ssl
+
+    amb, app, _ = setup
+    context = ssl.create_default_context(cafile=str(amb.tmp_path / "mitmproxy-conf" / "mitmproxy-ca-cert.pem"))
+    conn = http.client.HTTPSConnection("127.0.0.1", amb.port, context=context, timeout=15)
+    conn.set_tunnel("app.internal", 443)
+    try:
+        conn.request("GET", "/inside?x=1")
+        answer = conn.getresponse()
+        body = json.loads(answer.read())
+    finally:
+        conn.close()
+    assert answer.status == 200 and answer.headers["X-Ambassador-Upstream"] == "app"
+    assert body["path"] == "/base/inside?x=1"
