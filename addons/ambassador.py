@@ -210,6 +210,12 @@ def attached(flow: http.HTTPFlow) -> tuple[UpstreamService, Route] | None:
     return _attached.get(flow)
 
 
+def detach(flow: http.HTTPFlow) -> None:
+    """For an addon that answered a matched flow itself: mitmweb keeps flows, and the entry
+    would keep a replaced service alive with it."""
+    _attached.pop(flow, None)
+
+
 class Router:
     """Matches a flow to its upstream by `match.host` (proxy requests) or `match.path_prefix`."""
 

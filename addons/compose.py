@@ -13,7 +13,7 @@ import re
 from mitmproxy import ctx, http
 
 from .aggregate import AggregateTable, fan_out
-from .ambassador import ProfileManager, addressed_to_ambassador, attached, error_response, json_response, to_upstream_request
+from .ambassador import ProfileManager, addressed_to_ambassador, attached, detach, error_response, json_response, to_upstream_request
 from .batch import parse_batch, run_batch
 from .errors import AmbassadorError
 from .gateway import Gateway
@@ -158,10 +158,12 @@ class RespondAsync:
         ):
             return
         name = service.upstream.name
+        detach(flow)  # answered here, whatever happens
         try:
             _refuse_when_replaying(flow)
             request = to_upstream_request(flow, route)
         except AmbassadorError as e:
+            e.upstream = name
             flow.response = error_response(e)
             return
         request.headers.popall("Prefer", None)  # the preference was for us; the upstream is synchronous
