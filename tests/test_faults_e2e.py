@@ -190,3 +190,14 @@ def test_upstream_that_goes_away_and_comes_back(tmp_path):
         assert status == 502 and json.loads(body)["reason"] == "connect_error"
         with FakeUpstream(handler, port=port):
             assert amb.get("/app/x")[0] == 200
+
+
+def test_request_bodies_beyond_the_limit_are_refused(tmp_path):
+    with FakeUpstream(origin) as good:
+        profile = f"upstreams:\n  good:\n    url: {good.url}\n    match: {{path_prefix: /good}}\n"
+        with Ambassador(tmp_path, profile, "--set", "body_size_limit=1m") as amb:
+            status, _, _ = amb.request("POST", "/good/upload", {"Content-Type": "application/octet-stream"}, b"x" * 2_000_000)
+            assert status == 413
+            assert good.received == []
+            status, _, body = amb.request("POST", "/good/upload", {}, b"x" * 500_000)
+            assert status == 200 and json.loads(body)["size"] == 500_000
