@@ -74,6 +74,7 @@ class ProfileManager:
             if not self.gateway:
                 self.refused_at_startup = True
                 raise exceptions.OptionsError(str(e)) from None
+            log.warning("profile refused, keeping the running one:\n%s", e)
             raise exceptions.OptionsError(f"profile refused, keeping the running one:\n{e}") from None
 
     def swap(self, path: Path) -> None:

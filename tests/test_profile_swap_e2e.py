@@ -142,6 +142,7 @@ def test_options_editor_swaps_the_profile(web):
     status, body = api.call("PUT", "/options", {"ambassador_profile": str(broken)})
     assert status == 400
     assert "upstreams.app.match.path_prefix: must start with '/'" in body and str(broken) in body
+    amb.wait_for_log(r"profile refused, keeping the running one")  # logged too, not only shown
     assert served_by(amb) == "two"
     assert amb.status()["profile"] == str(second)
 
@@ -151,8 +152,10 @@ def test_profile_command_from_the_command_bar(web):
     status, body = api.call("POST", "/commands/ambassador.profile", {"arguments": [str(second)]})
     assert status == 200, body
     assert served_by(amb) == "two"
+    mark = len(amb.lines)
     status, body = api.call("POST", "/commands/ambassador.profile", {"arguments": [str(broken)]})
     assert "must start with '/'" in body
+    amb.wait_for_log(r"profile refused, keeping the running one", start=mark)
     assert served_by(amb) == "two"
     status, body = api.call("POST", "/commands/ambassador.reload", {"arguments": []})
     assert status == 200, body
