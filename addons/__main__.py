@@ -75,7 +75,7 @@ def serve(tool: str, argv: list[str]) -> int:
     class AmbassadorMaster(Base):
         def __init__(self, options, **kwargs):
             super().__init__(options, **kwargs)
-            self.addons.add(*ambassador.for_mitmproxy())
+            self.addons.add(ambassador)
             # Defaults for a sidecar: loopback only; a dead upstream must still reach our hooks;
             # request bodies are held in memory whole, so bound them (413 beyond).
             options.update(listen_host="127.0.0.1", connection_strategy="lazy", body_size_limit="64m", **tool_defaults)

@@ -9,6 +9,7 @@ upstream connection: the ambassador cannot be used as an open proxy.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -17,7 +18,12 @@ import weakref
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from mitmproxy import command, ctx, exceptions, http
+# Hooks register themselves in hooks.all_hooks when their module is imported: AmbassadorAddons
+# must see them all.
+import mitmproxy.addonmanager  # noqa: F401
+import mitmproxy.proxy.layers  # noqa: F401
+import mitmproxy.proxy.server_hooks  # noqa: F401
+from mitmproxy import command, ctx, exceptions, hooks, http
 from multidict import CIMultiDict
 
 from .errors import AmbassadorError
@@ -331,28 +337,67 @@ class NoDirectUpstream:
 
 
 class AmbassadorAddons:
-    """The ambassador's addons as the children of one addon.
+    """The ambassador's addons as one mitmproxy addon.
 
-    mitmproxy wraps every top-level addon in its own error-handling context for every hook
-    event of every flow; as children they share one, which is a large part of the routing
-    overhead against bare mitmdump (bench/, docs/benchmarks.md). The price: when a child
-    raises, the later children miss that event, so what must see every flow stands apart
-    (`for_mitmproxy`).
+    For every hook event of every flow, mitmproxy walks its whole addon tree, looks each hook
+    up by name and wraps each top-level addon in its own error-handling context. Children in
+    an `addons` attribute would be walked and looked up on every event too, and each further
+    top-level addon costs a context per event; instead this container calls its children's
+    hooks itself, from lists made once, and mitmproxy sees a single addon (bench/,
+    docs/benchmarks.md).
+
+    When a child raises, the later children miss that event; the guard and the observer
+    (`last`) still act on it, so that no flow goes unanswered or uncounted.
     """
 
-    def __init__(self) -> None:
-        self.addons = make_addons()
-        self.manager: ProfileManager = self.addons[0]
+    def __init__(self, children: list | None = None) -> None:
+        self.children = make_addons() if children is None else children
+        self.manager: ProfileManager = self.children[0]
+        self.last = [NoDirectUpstream(), ExchangeObserver()]
+        for name in hooks.all_hooks.keys() - {"load"}:
+            first, last = _hooks(self.children, name), _hooks(self.last, name)
+            if first or last:
+                setattr(self, name, _call_in_turn(first, last))
 
-    def for_mitmproxy(self) -> list:
-        """The top-level addons: this container, then the guard and the observer, which must
-        act even on a flow whose handling raised (they answer and count it)."""
-        return [self, NoDirectUpstream(), ExchangeObserver()]
+    def load(self, loader) -> None:
+        for child in [*self.children, *self.last]:
+            if hasattr(child, "load"):
+                child.load(loader)
+            loader.master.commands.collect_commands(child)
+
+
+def _hooks(addons: list, name: str) -> list:
+    return [hook for addon in addons if callable(hook := getattr(addon, name, None))]
+
+
+def _call_in_turn(first: list, last: list):
+    """One hook calling `first` in order, then `last` however `first` ended: async if any of
+    them is (mitmproxy calls the configuration hooks synchronously; none of ours is async)."""
+    if not any(inspect.iscoroutinefunction(h) for h in first + last):
+        def call(*args) -> None:
+            try:
+                for hook in first:
+                    hook(*args)
+            finally:
+                for hook in last:
+                    hook(*args)
+        return call
+
+    async def call_async(*args) -> None:
+        try:
+            for hook in first:
+                if (result := hook(*args)) is not None:
+                    await result
+        finally:
+            for hook in last:
+                if (result := hook(*args)) is not None:
+                    await result
+    return call_async
 
 
 def make_addons() -> list:
     """The addons in hook order (NoDirectUpstream and ExchangeObserver follow them, see
-    AmbassadorAddons.for_mitmproxy). Addons answering other `/_ambassador/...` paths go before
+    AmbassadorAddons). Addons answering other `/_ambassador/...` paths go before
     AdminEndpoints; addons acting on routed flows go between Router and Forwarder."""
     from .compose import Aggregates, Batch, JobEndpoint, RespondAsync  # they build on this module
     from .jobs import Jobs

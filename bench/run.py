@@ -66,13 +66,14 @@ class BareMitmdump:
     label: str = "bare mitmdump"
     path: str = "/file"
     script: Path | None = None  # an addon for mitmdump -s (the answer-from-memory reference)
+    answer_from: str = ""  # the upstream path whose answer the script serves
     headers: tuple[tuple[str, str], ...] = ()  # what the client must send itself (the ambassador adds auth)
 
-    def argv(self, upstream_url: str, port: int, workdir: Path, body_file: Path) -> list[str]:
+    def argv(self, upstream_url: str, port: int, workdir: Path) -> list[str]:
         argv = [str(MITMDUMP), "--mode", f"reverse:{upstream_url}", "-q", "--listen-host", "127.0.0.1",
                 "--listen-port", str(port), "--set", "connection_strategy=lazy", "--set", f"confdir={workdir / 'conf'}"]
         if self.script:
-            argv += ["-s", str(self.script), "--set", f"bench_body={body_file}"]
+            argv += ["-s", str(self.script), "--set", f"bench_response_from={upstream_url}{self.answer_from}"]
         return argv
 
 
@@ -90,7 +91,7 @@ class Ambassador:
         path.write_text(self.profile.replace("{upstream}", upstream_url))
         return path
 
-    def argv(self, upstream_url: str, port: int, workdir: Path, body_file: Path) -> list[str]:
+    def argv(self, upstream_url: str, port: int, workdir: Path) -> list[str]:
         return [str(ROOT / "run.sh"), str(self.profile_file(upstream_url, workdir)), "-q",
                 "--listen-port", str(port), "--set", f"confdir={workdir / 'conf'}"]
 
@@ -149,7 +150,7 @@ CONFIGURATIONS = [
     Configuration(
         "cache-hits", "cache hits vs a bare mitmdump addon answering from memory (bench/answer_from_memory.py)",
         upstream="fast", connections=16, target=0.95,
-        reference=BareMitmdump("mitmdump + memory addon", script=BENCH / "answer_from_memory.py"),
+        reference=BareMitmdump("mitmdump + memory addon", script=BENCH / "answer_from_memory.py", answer_from="/cacheable/file"),
         candidate=Ambassador(CACHED),
         needs=frozenset({"cache"}),
     ),
@@ -417,7 +418,7 @@ def measure(config: Configuration, tools: Tools, settings: argparse.Namespace, w
             side_dir = workdir / role
             side_dir.mkdir()
             port = free_port()
-            proxies[role] = Server(side.label, tools.pinned(side.argv(upstream_url, port, side_dir, body_file), 0), side_dir / "log")
+            proxies[role] = Server(side.label, tools.pinned(side.argv(upstream_url, port, side_dir), 0), side_dir / "log")
             running.enter_context(proxies[role]).wait_listening(port)
             urls[role] = f"http://127.0.0.1:{port}{side.path}"
             check_answers(urls[role], side.headers, side.label)

@@ -75,10 +75,12 @@ def test_a_raising_addon_still_gets_the_flow_answered(tmp_path):
             raise RuntimeError("a bug")
 
     async def run():
-        container = AmbassadorAddons()
-        container.addons.insert(1, Broken())
-        with taddons.context(ServerPlayback(), *container.for_mitmproxy()) as tctx:
-            tctx.configure(container.manager, ambassador_profile=str(profile(tmp_path)))
+        from addons.ambassador import make_addons
+
+        children = make_addons()
+        container = AmbassadorAddons([children[0], Broken(), *children[1:]])
+        with taddons.context(ServerPlayback(), container) as tctx:
+            tctx.configure(container, ambassador_profile=str(profile(tmp_path)))
             flow = tflow.tflow()
             flow.request.host, flow.request.port, flow.request.path = "app.internal", 80, "/x"
             await tctx.master.addons.handle_lifecycle(HttpRequestHook(flow))
