@@ -300,7 +300,11 @@ def to_upstream_request(flow: http.HTTPFlow, route: Route) -> UpstreamRequest:
 
 
 def to_mitm_response(answer: UpstreamResponse, http_version: str, upstream_name: str) -> http.Response:
-    fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items() if k.lower() != "x-ambassador-upstream"]
+    headers = answer.headers
+    if "X-Ambassador-Upstream" in headers:  # the upstream's own, never doubled with ours
+        headers = headers.copy()
+        del headers["X-Ambassador-Upstream"]
+    fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     fields.append((b"X-Ambassador-Upstream", upstream_name.encode()))
     if http_version in ("HTTP/2.0", "HTTP/3"):
         # HTTP/2 and 3 want lower-case field names; mitmproxy would fix and log each one.

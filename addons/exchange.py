@@ -13,15 +13,15 @@ from typing import Any
 from multidict import CIMultiDict
 
 from .errors import AmbassadorError
-from .fields import HOP_BY_HOP
+from .fields import HOP_BY_HOP, TRANSPORT_OWNED
 from .profile import duration
 from .routing import Route
 
 def end_to_end(headers: CIMultiDict[str], *also_drop: str) -> CIMultiDict[str]:
     """The headers without hop-by-hop fields, those named in Connection, and `also_drop`."""
-    drop = set(HOP_BY_HOP) | {name.lower() for name in also_drop}
-    for value in headers.getall("connection", []):
-        drop.update(token.strip().lower() for token in value.split(",") if token.strip())
+    drop = HOP_BY_HOP.union(name.lower() for name in also_drop) if also_drop else HOP_BY_HOP
+    if "connection" in headers:
+        drop = drop.union(token.strip().lower() for value in headers.getall("connection") for token in value.split(","))
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
@@ -66,8 +66,21 @@ def client_request(method: str, route: Route, headers: CIMultiDict[str], body: b
     `X-Ambassador-*` headers are instructions to the ambassador and never go upstream;
     hop-by-hop fields, Host and Content-Length belong to the transport.
     """
-    name = route.upstream.name
-    timeout = None
+    ambassador_headers = [k for k in headers if k[:13].lower() == "x-ambassador-"]
+    timeout, retries = instructions(headers, route.upstream.name) if ambassador_headers else (None, None)
+    return UpstreamRequest(
+        method=method,
+        path=route.path,
+        headers=end_to_end(headers, *TRANSPORT_OWNED, *ambassador_headers),
+        body=body,
+        timeout=timeout,
+        retries=retries,
+    )
+
+
+def instructions(headers: CIMultiDict[str], name: str) -> tuple[float | None, int | None]:
+    """The client's X-Ambassador-Timeout and X-Ambassador-Retries, checked."""
+    timeout = retries = None
     if "X-Ambassador-Timeout" in headers:
         try:
             timeout = duration(headers["X-Ambassador-Timeout"])
@@ -75,18 +88,9 @@ def client_request(method: str, route: Route, headers: CIMultiDict[str], body: b
                 raise ValueError("not positive")
         except ValueError:
             raise AmbassadorError("bad_request", "X-Ambassador-Timeout must be a positive duration like 2s or 500ms", name) from None
-    retries = None
     if "X-Ambassador-Retries" in headers:
         value = headers["X-Ambassador-Retries"].strip()
         if not (value.isascii() and value.isdecimal()):
             raise AmbassadorError("bad_request", "X-Ambassador-Retries must be a number of retries (0 disables them)", name)
         retries = int(value)
-    ambassador_headers = [k for k in headers if k.lower().startswith("x-ambassador-")]
-    return UpstreamRequest(
-        method=method,
-        path=route.path,
-        headers=end_to_end(headers, "host", "content-length", *ambassador_headers),
-        body=body,
-        timeout=timeout,
-        retries=retries,
-    )
+    return timeout, retries

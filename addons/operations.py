@@ -53,7 +53,7 @@ class MetricsEndpoint:
         flow.response = http.Response.make(200, encode(metrics.REGISTRY), {"Content-Type": content_type})
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per flow: slots build faster than a frozen dataclass
 class Exchange:
     """One answered request, as the ambassador handled it (from `flow.metadata["ambassador"]`)."""
 

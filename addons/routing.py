@@ -51,6 +51,8 @@ def check_no_dot_segments(path: str) -> None:
     if not path.startswith("/"):
         raise AmbassadorError("bad_request", f"the request target must be a path, got {path[:50]!r}")
     only_path = path.split("?", 1)[0]
+    if "." not in only_path and "%" not in only_path:
+        return  # no dot segment, however read
     decoded = unquote(unquote(only_path))
     if any(segment.split(";", 1)[0] in (".", "..") for segment in decoded.replace("\\", "/").split("/")):
         raise AmbassadorError("bad_request", "path contains '.' or '..' segments")
