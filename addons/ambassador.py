@@ -24,6 +24,7 @@ import mitmproxy.addonmanager  # noqa: F401
 import mitmproxy.proxy.layers  # noqa: F401
 import mitmproxy.proxy.server_hooks  # noqa: F401
 from mitmproxy import command, ctx, exceptions, hooks, http
+from mitmproxy.utils import human
 from multidict import CIMultiDict
 
 from .errors import AmbassadorError
@@ -69,6 +70,8 @@ class ProfileManager:
     def configure(self, updated):
         if "server_replay" in updated and self.gateway:
             self.gateway.set_offline(bool(ctx.options.server_replay))
+        if "body_size_limit" in updated and self.gateway:
+            self.gateway.set_body_limit(body_size_limit())
         if "ambassador_profile" not in updated or self.refused_at_startup:
             return  # after a refusal at start-up, mitmproxy rolls the option back while exiting
         path = resolve_profile_name(ctx.options.ambassador_profile, PROFILES_DIR).resolve()
@@ -94,6 +97,7 @@ class ProfileManager:
         gateway = Gateway(profile, previous)
         # `./run.sh replay`: server playback answers what was recorded; nothing else may go out.
         gateway.set_offline(bool(ctx.options.server_replay))
+        gateway.set_body_limit(body_size_limit())
         self.gateway = gateway
         self.loaded_signature = signature
         self.refused_signature = None
@@ -146,6 +150,11 @@ class ProfileManager:
             ctx.options.update(ambassador_profile=path)
         except exceptions.OptionsError as e:
             raise exceptions.CommandError(str(e)) from None
+
+
+def body_size_limit() -> int | None:
+    """mitmproxy's body_size_limit in bytes: it bounds the upstreams' answers too."""
+    return human.parse_size(ctx.options.body_size_limit)
 
 
 def json_response(status: int, payload, headers: dict[str, str] | None = None) -> http.Response:

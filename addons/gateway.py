@@ -30,6 +30,10 @@ class Gateway:
         for service in self.services.values():
             service.offline = offline
 
+    def set_body_limit(self, limit: int | None) -> None:
+        for service in self.services.values():
+            service.transport.max_body = limit
+
     def retire_replaced(self, previous: Gateway) -> None:
         for service in previous.services.values():
             if self.services.get(service.upstream.name) is not service:

@@ -36,6 +36,8 @@ class Transport:
             log.warning("upstream %s: TLS certificate verification is switched off (tls.verify: false)", upstream.name)
         self.ssl = upstream.tls.context() if upstream.url.scheme == "https" else False
         self._session: aiohttp.ClientSession | None = None
+        # The largest answer body read (mitmproxy's body_size_limit, which bounds both directions).
+        self.max_body: int | None = None
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -62,7 +64,7 @@ class Transport:
                     data=request.body or None,
                     allow_redirects=False,
                 ) as answer:
-                    body = await answer.read()
+                    body = await self.read_body(answer, request.method)
         except TimeoutError:
             raise  # an OSError too, but the caller's to report: it knows the timeout in force
         except (aiohttp.ClientError, OSError) as e:
@@ -81,6 +83,23 @@ class Transport:
         if _has_body(request.method, answer.status):
             headers["Content-Length"] = str(len(body))
         return UpstreamResponse(answer.status, answer.reason or "", headers, body)
+
+    async def read_body(self, answer: aiohttp.ClientResponse, method: str) -> bytes:
+        """The answer's body, refused beyond `max_body`: bodies are held in memory whole."""
+        limit, length = self.max_body, answer.content_length
+        if limit is None or not _has_body(method, answer.status) or (length is not None and length <= limit):
+            return await answer.read()
+        if length is None:  # chunked or ended by closing: count as it comes
+            chunks, size = [], 0
+            async for chunk in answer.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
+            else:
+                return b"".join(chunks)
+        name = self.upstream.name
+        raise AmbassadorError("upstream_error", f"upstream {name} answered with a body over {limit} bytes (body_size_limit)", name)
 
     async def refused_handshake(self, deadline: float) -> str | None:
         """After a TLS exchange broke off: does the upstream refuse our handshake?

@@ -104,6 +104,11 @@ upstreams:
   plain:
     url: {url}/plain
     match: {{path_prefix: /plain}}
+  hurried:
+    url: {url}/hurried
+    match: {{path_prefix: /hurried}}
+    timeout: 500ms
+    cache: {{stale_if_error: 10m}}
 """
     with Ambassador(tmp_path_factory.mktemp("cache"), profile) as a:
         yield a
@@ -230,6 +235,20 @@ def test_public_or_s_maxage_allows_credentials(amb, origin, directive):
     _, h, _ = get(amb, f"/rfc/creds-{name}", {"Authorization": "Bearer b"})
     assert h["X-Cache"] == "HIT"
     assert origin.count(path) == 1
+
+
+def test_set_cookie_answers_are_stored_only_when_the_origin_says_they_are_for_everyone(amb, origin):
+    """RFC 9111 lets a cache store them; handing one client's new cookie to the next is what a
+    user of a shared cache would not expect, so only `public` / `s-maxage` answers are stored."""
+    session = origin.script("/rfc/cookie", fixed(("Cache-Control", "max-age=60"), ("Set-Cookie", "session=abc")))
+    assert [get(amb, "/rfc/cookie")[1]["X-Cache"] for _ in range(2)] == ["MISS", "MISS"]
+    legacy = origin.script("/legacy/cookie", fixed(("Set-Cookie", "session=abc")))  # the profile's ttl neither
+    assert [get(amb, "/legacy/cookie")[1]["X-Cache"] for _ in range(2)] == ["MISS", "MISS"]
+    shared = origin.script("/rfc/cookie-public", fixed(("Cache-Control", "public, max-age=60"), ("Set-Cookie", "lang=en")))
+    get(amb, "/rfc/cookie-public")
+    _, h, _ = get(amb, "/rfc/cookie-public")
+    assert (h["X-Cache"], h["Set-Cookie"]) == ("HIT", "lang=en")
+    assert (origin.count(session), origin.count(legacy), origin.count(shared)) == (2, 2, 1)
 
 
 def test_vary_keeps_several_variants(amb, origin):
@@ -379,6 +398,15 @@ def test_request_directives(amb, origin):
     assert origin.count(path) == 4
 
 
+def test_request_pragma_no_cache_counts_only_without_cache_control(amb, origin):
+    path = origin.script("/rfc/pragma", fixed(("Cache-Control", "max-age=60")))
+    get(amb, "/rfc/pragma")
+    assert get(amb, "/rfc/pragma", {"Pragma": "no-cache"})[1]["X-Cache"] == "MISS"
+    assert get(amb, "/rfc/pragma", {"Pragma": "no-cache", "Cache-Control": "max-stale"})[1]["X-Cache"] == "HIT"
+    assert get(amb, "/rfc/pragma", {"Pragma": "x-other"})[1]["X-Cache"] == "HIT"
+    assert origin.count(path) == 2
+
+
 def test_request_no_store_is_not_stored(amb, origin):
     path = origin.script("/rfc/req-nostore", fixed(("Cache-Control", "max-age=100")))
     get(amb, "/rfc/req-nostore", {"Cache-Control": "no-store"})
@@ -461,6 +489,19 @@ def test_profile_stale_if_error_covers_connection_errors_and_the_open_breaker(am
     assert (s, json.loads(b)["reason"], h["X-Cache"]) == (503, "circuit_open", "MISS")
 
 
+def test_profile_stale_if_error_covers_a_timeout(amb, origin):
+    origin.script("/hurried/slow", lambda req, n: Reply(200, [("Cache-Control", "max-age=0"), ("ETag", '"s"')], b"in time")
+                  if n == 1 else Reply(200, [("Cache-Control", "max-age=60")], b"too late", delay=3.0))
+    get(amb, "/hurried/slow")
+    started = time.monotonic()
+    s, h, b = get(amb, "/hurried/slow")
+    assert (s, b, h["X-Cache"]) == (200, b"in time", "STALE")
+    assert time.monotonic() - started < 2.5  # the timeout (500ms) answered, not the late upstream
+    origin.script("/hurried/never-stored", lambda req, n: Reply(200, [("Cache-Control", "max-age=60")], b"too late", delay=3.0))
+    s, h, b = get(amb, "/hurried/never-stored")
+    assert (s, json.loads(b)["reason"], h["X-Cache"]) == (504, "timeout", "MISS")
+
+
 def test_profile_ttl_gives_freshness_only_where_there_is_none(amb, origin):
     path = origin.script("/legacy/ttl", fixed())
     get(amb, "/legacy/ttl")
@@ -502,6 +543,25 @@ def test_waiters_are_not_failed_with_the_first_request(amb, origin):
     answers = concurrently(amb, "/rfc/herd-fail", 4)
     assert sorted((s, b) for s, _, b in answers) == [(200, b"second try")] * 3 + [(503, b"busy")]
     assert 2 <= origin.count(path) <= 4  # the waiters asked again for themselves
+
+
+def test_waiters_for_another_variant_get_their_own(amb, origin):
+    """Coalescing is per URI; a waiter whose Vary fields differ from the leader's is not given
+    the leader's variant: it asks for its own."""
+    def negotiate(req, n):
+        lang = req.header("Accept-Language")
+        return Reply(200, [("Cache-Control", "max-age=60"), ("Vary", "Accept-Language")], f"{lang}".encode(), delay=0.5)
+
+    path = origin.script("/rfc/herd-vary", negotiate)
+    languages = ["en", "de", "en", "de", "en", "fr"]
+    with concurrent.futures.ThreadPoolExecutor(len(languages)) as pool:
+        answers = list(pool.map(lambda lang: get(amb, "/rfc/herd-vary", {"Accept-Language": lang}), languages))
+    assert [(s, b) for s, _, b in answers] == [(200, lang.encode()) for lang in languages]
+    leader = origin.received(path)[0].header("Accept-Language")
+    assert origin.count(path) <= 1 + sum(lang != leader for lang in languages)  # the leader's language asked once
+    for lang in ("en", "de", "fr"):
+        _, h, b = get(amb, "/rfc/herd-vary", {"Accept-Language": lang})
+        assert (h["X-Cache"], b) == ("HIT", lang.encode())
 
 
 def test_uncacheable_answers_are_not_shared_between_waiters(amb, origin):

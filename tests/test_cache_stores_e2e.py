@@ -20,13 +20,13 @@ def count(upstream: FakeUpstream, path: str) -> int:
     return sum(1 for r in upstream.received if r.path == path and r.method == "GET")
 
 
-def profile(url: str, store: str, state: str = "") -> str:
+def profile(url: str, store: str, state: str = "", max_bytes: str = "1MB") -> str:
     return f"""
 upstreams:
   stored:
     url: {url}
     match: {{path_prefix: /s}}
-    cache: {{store: "{store}", max_bytes: 1MB}}
+    cache: {{store: "{store}", max_bytes: {max_bytes}}}
 {f"state: {state}" if state else ""}
 """
 
@@ -129,3 +129,24 @@ def test_unusable_sqlite_file_degrades_to_pass_through_with_one_warning(tmp_path
             assert (status, headers["X-Cache"], body) == (200, "MISS", b"body of /y")
         assert amb.output.count("cache store failed") == 1
         assert count(origin, "/y") == 3
+
+
+def test_redis_store_keeps_to_max_bytes_across_instances_evicting_the_least_recently_used(tmp_path, redis):
+    def large(req):
+        return Reply(200, [("Cache-Control", "max-age=300")], req.path.encode().ljust(10_000, b"."))
+
+    client = redis_client.Redis.from_url(redis.url)
+    client.flushall()
+    with FakeUpstream(large) as origin:
+        text = profile(origin.url, "redis", redis.url, max_bytes="64KB")
+        with Ambassador(tmp_path, text) as a, Ambassador(tmp_path, text) as b:
+            for i in range(12):
+                (a if i % 2 else b).get(f"/s/big{i}")
+                if i >= 1:
+                    assert a.get("/s/big0")[1]["X-Cache"] == "HIT"  # used again and again: never the least recent
+            stored = {k.decode().rsplit("/", 1)[1]: client.strlen(k) for k in client.keys("ambassador:cache:*")}
+            assert sum(stored.values()) <= 64 * 1024
+            assert 4 <= len(stored) < 12 and "big0" in stored and "big11" in stored and "big1" not in stored
+            assert b.get("/s/big1")[1]["X-Cache"] == "MISS"  # evicted, fetched again
+            assert b.get("/s/big11")[1]["X-Cache"] == "HIT"
+        assert count(origin, "/big1") == 2 and count(origin, "/big0") == 1

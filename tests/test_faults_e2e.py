@@ -201,3 +201,39 @@ def test_request_bodies_beyond_the_limit_are_refused(tmp_path):
             assert good.received == []
             status, _, body = amb.request("POST", "/good/upload", {}, b"x" * 500_000)
             assert status == 200 and json.loads(body)["size"] == 500_000
+
+
+def test_upstream_answers_beyond_the_limit_are_refused(tmp_path):
+    """Answers are held in memory whole, so body_size_limit bounds them as it bounds requests:
+    502 `upstream_error` whether the upstream announces the size or streams it."""
+    def announced(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n" + b"x" * 2_000_000)
+
+    def chunked(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(40):
+            conn.sendall(b"c350\r\n" + b"y" * 50_000 + b"\r\n")
+        conn.sendall(b"0\r\n\r\n")
+
+    def small_chunked(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nsmall\r\n0\r\n\r\n")
+
+    upstreams = [RawUpstream(script) for script in (announced, chunked, small_chunked)]
+    try:
+        profile = "upstreams:\n" + "".join(
+            f"  {name}:\n    url: {u.url}\n    match: {{path_prefix: /{name}}}\n    timeout: 10s\n"
+            for name, u in zip(("announced", "chunked", "small"), upstreams)
+        )
+        with Ambassador(tmp_path, profile, "--set", "body_size_limit=1m") as amb:
+            for name in ("announced", "chunked"):
+                status, headers, body = amb.get(f"/{name}/x")
+                assert (status, json.loads(body)["reason"], headers["X-Ambassador-Upstream"]) == (502, "upstream_error", name)
+                assert "body_size_limit" in json.loads(body)["error"]
+            assert amb.get("/small/x")[::2] == (200, b"small")
+        with Ambassador(tmp_path, profile, "--set", "body_size_limit=3m") as amb:
+            for name in ("announced", "chunked"):
+                status, _, body = amb.get(f"/{name}/x")
+                assert (status, len(body)) == (200, 2_000_000)
+    finally:
+        for u in upstreams:
+            u.close()

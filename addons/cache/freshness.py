@@ -50,6 +50,17 @@ def parse_cache_control(values: Iterable[str]) -> tuple[Directives, frozenset[st
     return directives, frozenset(duplicates)
 
 
+def request_directives(cache_control: list[str] | None, pragma: list[str] | None) -> Directives:
+    """A request's Cache-Control directives. Without Cache-Control, `Pragma: no-cache` counts as
+    `no-cache`: RFC 9111 deprecates Pragma, but HTTP/1.0 clients and some libraries still send
+    it alone to ask for a fresh answer (RFC 7234 section 5.4 said caches must honour it)."""
+    if cache_control:
+        return parse_cache_control(cache_control)[0]
+    if pragma and any(token.strip().lower() == "no-cache" for line in pragma for token in line.split(",")):
+        return {"no-cache": None}
+    return {}
+
+
 def delta_seconds(argument: str | None) -> int | None:
     """A delta-seconds argument, or None when it is missing or not a non-negative integer."""
     if argument is None or not argument.isascii() or not argument.isdigit():

@@ -51,7 +51,7 @@ def make_store(upstream: Upstream, state: str | None) -> Store:
     if policy.store == "sqlite":
         return SqliteStore(policy.sqlite_path, policy.max_bytes)
     if policy.store == "redis":
-        return RedisStore(state, keys.namespace(upstream))
+        return RedisStore(state, keys.namespace(upstream), policy.max_bytes)
     return MemoryStore(policy.max_bytes)
 
 
@@ -134,8 +134,7 @@ class CacheStage:
     # --- GET and HEAD ------------------------------------------------------------------
 
     async def _cached(self, request: UpstreamRequest, call_next: Handler) -> tuple[UpstreamResponse, str]:
-        cc_lines = request.headers.getall("cache-control", None)
-        request_cc = freshness.parse_cache_control(cc_lines)[0] if cc_lines else NO_DIRECTIVES
+        request_cc = freshness.request_directives(request.headers.getall("cache-control", None), request.headers.getall("pragma", None))
         key = keys.primary_key(self.upstream, request.path)
         variants = await self.store.get(key) or []
         entry = self._select(variants, request)
@@ -145,21 +144,21 @@ class CacheStage:
             if result := self._reusable(entry, age, request_cc):
                 return self._from_cache(request, entry, now, result), result
             if self._may_serve_while_revalidating(entry, age, request_cc):
-                self._revalidate_in_background(key, request, variants, entry, call_next)
+                self._revalidate_in_background(key, request, entry, call_next)
                 return self._from_cache(request, entry, now, STALE), STALE
         if "only-if-cached" in request_cc:
             raise AmbassadorError("only_if_cached", "only-if-cached: no stored response can answer this request", self.upstream.name)
         flight = self.flights.get(key)
         if request.method != "GET" or key in self.passes or (flight and any(d in request_cc for d in END_TO_END_DIRECTIVES)):
-            return await self._exchange(key, request, variants, entry, call_next, request_cc)
+            return await self._exchange(key, request, entry, call_next, request_cc)
         if flight is None:
-            return await self._lead(self._take_off(key), key, request, variants, entry, call_next, request_cc)
+            return await self._lead(self._take_off(key), key, request, entry, call_next, request_cc)
         # Coalescing: wait for the exchange under way, then use what it stored if it fits.
         stored = await asyncio.shield(flight)
         if stored is not None and self._select([stored], request) and self._reusable(stored, stored.age(time.time()), request_cc):
             return self._from_cache(request, stored, time.time(), HIT), HIT
         # Not usable for this request, or the exchange failed: ask for ourselves (no blind failure).
-        return await self._exchange(key, request, variants, entry, call_next, request_cc)
+        return await self._exchange(key, request, entry, call_next, request_cc)
 
     def _select(self, variants: list[Entry], request: UpstreamRequest) -> Entry | None:
         """The most recent stored response for this request (RFC 9111 4.1, 3.5)."""
@@ -229,26 +228,25 @@ class CacheStage:
         flight = self.flights[key] = asyncio.get_running_loop().create_future()
         return flight
 
-    async def _lead(self, flight, key, request, variants, entry, call_next, request_cc) -> tuple[UpstreamResponse, str]:
+    async def _lead(self, flight, key, request, entry, call_next, request_cc) -> tuple[UpstreamResponse, str]:
         """The one exchange for `key` that concurrent requests wait for."""
         stored = None
         try:
-            response, result, stored = await self._exchange_storing(key, request, variants, entry, call_next, request_cc)
+            response, result, stored = await self._exchange_storing(key, request, entry, call_next, request_cc)
             return response, result
         finally:
             if self.flights.get(key) is flight:
                 del self.flights[key]
             flight.set_result(stored)
 
-    async def _exchange(self, key, request, variants, entry, call_next, request_cc) -> tuple[UpstreamResponse, str]:
-        response, result, _ = await self._exchange_storing(key, request, variants, entry, call_next, request_cc)
+    async def _exchange(self, key, request, entry, call_next, request_cc) -> tuple[UpstreamResponse, str]:
+        response, result, _ = await self._exchange_storing(key, request, entry, call_next, request_cc)
         return response, result
 
     async def _exchange_storing(
         self,
         key: str,
         request: UpstreamRequest,
-        variants: list[Entry],
         entry: Entry | None,
         call_next: Handler,
         request_cc: freshness.Directives,
@@ -281,11 +279,11 @@ class CacheStage:
                 merged = merge_not_modified(entry, response)
                 fresh = make_entry(forward, merged, request_time, response_time, self.policy, request_cc)
                 if fresh is not None:
-                    await self._store(key, variants, fresh)
+                    await self._store(key, fresh)
                     return self._from_cache(request, fresh, response_time, HIT), HIT, fresh
                 return merged, HIT, None
             # A 304 for another representation than ours: ask again without conditions.
-            return await self._exchange_storing(key, request, variants, None, call_next, request_cc)
+            return await self._exchange_storing(key, request, None, call_next, request_cc)
 
         if response.status in ERROR_STATUSES and self._may_serve_on_error(entry, request_cc):
             log.info("upstream %s answered %d; answering with a stale copy", self.upstream.name, response.status)
@@ -297,13 +295,13 @@ class CacheStage:
                 get = dataclasses.replace(forward, method="GET")
                 merged = merge_not_modified(entry, response)
                 if fresh := make_entry(get, merged, request_time, response_time, self.policy, request_cc):
-                    await self._store(key, variants, fresh)
+                    await self._store(key, fresh)
             return response, MISS, None
 
         fresh = make_entry(forward, response, request_time, response_time, self.policy, request_cc)
         if fresh is not None:
             self.passes.pop(key, None)
-            await self._store(key, variants, fresh)
+            await self._store(key, fresh)
             if revalidating and response.status == 200 and self._client_validators_match(request, fresh):
                 return fresh.not_modified(response_time, MISS), MISS, fresh
         elif response.status < 500 and response.status != 304 and "no-store" not in request_cc and not has_credentials(request.headers):
@@ -311,7 +309,7 @@ class CacheStage:
             # not wait for each other, and a copy we had is outdated.
             self._remember_pass(key)
             if entry is not None:
-                await self._store(key, variants, None, drop=entry)
+                await self._store(key, None, drop=entry)
         return response, MISS, fresh
 
     def _remember_pass(self, key: str) -> None:
@@ -320,12 +318,17 @@ class CacheStage:
         if len(self.passes) > PASS_KEYS:
             self.passes.popitem(last=False)
 
-    async def _store(self, key: str, variants: list[Entry], fresh: Entry | None, drop: Entry | None = None) -> None:
-        """Put `fresh` first among the key's variants, replacing the one it matches (or `drop`)."""
+    async def _store(self, key: str, fresh: Entry | None, drop: Entry | None = None) -> None:
+        """Put `fresh` first among the key's variants, replacing the one it matches (or `drop`).
+
+        The variants are read again here, not taken from before the exchange: concurrent
+        exchanges for other variants of the URI (waiters for another Vary value) stored theirs
+        meanwhile, and must not be overwritten."""
+        variants = await self.store.get(key) or []
         if fresh is not None:
             kept = [fresh] + [v for v in variants if (v.vary, v.vary_values) != (fresh.vary, fresh.vary_values)]
         else:
-            kept = [v for v in variants if v is not drop]
+            kept = [v for v in variants if v != drop]
         kept = kept[:MAX_VARIANTS]
         if not kept:
             await self.store.delete(key)
@@ -334,7 +337,7 @@ class CacheStage:
         await self.store.put(key, kept, max(v.keep_for(self.policy, now) for v in kept))
 
     def _revalidate_in_background(
-        self, key: str, request: UpstreamRequest, variants: list[Entry], entry: Entry, call_next: Handler
+        self, key: str, request: UpstreamRequest, entry: Entry, call_next: Handler
     ) -> None:
         """stale-while-revalidate: refresh the entry after answering with it; one refresh at a time."""
         if key in self.flights:
@@ -344,7 +347,7 @@ class CacheStage:
             refresh.headers.popall(name, None)
         flight = self._take_off(key)
         task = asyncio.get_running_loop().create_task(
-            self._lead(flight, key, refresh, variants, entry, call_next, NO_DIRECTIVES)
+            self._lead(flight, key, refresh, entry, call_next, NO_DIRECTIVES)
         )
         self.background.add(task)
         task.add_done_callback(self._background_done)

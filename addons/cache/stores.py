@@ -220,10 +220,60 @@ class SqliteStore:
         self.executor.shutdown(wait=False)
 
 
+# The byte account of one upstream's entries in a shared Redis, kept by Lua scripts so that
+# every instance sharing it keeps the same one: KEYS = blob, lru (sorted set: entry -> last
+# use, ms), sizes (hash: entry -> bytes of its blob), total (their sum). An entry that expired
+# in Redis stays in the account until it is asked for or evicted, so the blobs really stored
+# never exceed the account. ARGV[1] is always the entry's key, ARGV[2] the blob key prefix.
+_FORGET = """
+local size = redis.call('HGET', KEYS[3], ARGV[1])
+if size then
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('DECRBY', KEYS[4], size)
+end
+"""
+REDIS_GET = """
+local blob = redis.call('GET', KEYS[1])
+if blob then
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
+  return blob
+end
+""" + _FORGET + "return nil\n"
+REDIS_DELETE = "redis.call('DEL', KEYS[1])\n" + _FORGET
+REDIS_PUT = _FORGET + """
+local blob, px, now, max = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local size = string.len(blob)
+if size > max then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('SET', KEYS[1], blob, 'PX', px)
+redis.call('HSET', KEYS[3], ARGV[1], size)
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+local used = redis.call('INCRBY', KEYS[4], size)
+while used > max do
+  local oldest = redis.call('ZPOPMIN', KEYS[2])[1]
+  local freed = redis.call('HGET', KEYS[3], oldest) or 0
+  redis.call('HDEL', KEYS[3], oldest)
+  redis.call('DEL', ARGV[2] .. oldest)
+  used = redis.call('DECRBY', KEYS[4], freed)
+end
+return used
+"""
+
+
 class RedisStore:
-    def __init__(self, url: str, count_prefix: str):
+    """Entries in a Redis shared by several ambassador instances; each blob expires in Redis
+    (`PX`) when it can no longer be of use, and the least recently used are evicted beyond
+    `max_bytes` of blobs for this upstream, whichever instance stored them."""
+
+    def __init__(self, url: str, count_prefix: str, max_bytes: int):
         self.redis = redis.asyncio.from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
         self.count_prefix = REDIS_PREFIX + count_prefix
+        self.max_bytes = max_bytes
+        self.account = [f"ambassador:cache-{part}:{count_prefix}" for part in ("lru", "sizes", "bytes")]
+        self.scripts = {name: self.redis.register_script(code) for name, code in (("get", REDIS_GET), ("put", REDIS_PUT), ("delete", REDIS_DELETE))}
         self.counted_at = 0.0
         self.counting: asyncio.Task | None = None
         self._entries = 0
@@ -247,18 +297,24 @@ class RedisStore:
         finally:
             self.counting = None
 
+    def _run(self, script: str, key: str, *args):
+        return self.scripts[script](keys=[REDIS_PREFIX + key, *self.account], args=[key, REDIS_PREFIX, *args])
+
     async def get(self, key: str) -> list[Entry] | None:
-        blob = await self.redis.get(REDIS_PREFIX + key)
+        blob = await self._run("get", key, int(time.time() * 1000))
         return None if blob is None else load_variants(blob)
 
     async def put(self, key: str, variants: list[Entry], keep_for: float) -> None:
-        await self.redis.set(REDIS_PREFIX + key, dump_variants(variants), px=max(1, int(keep_for * 1000)))
+        await self._run("put", key, dump_variants(variants), max(1, int(keep_for * 1000)), int(time.time() * 1000), self.max_bytes)
 
     async def delete(self, key: str) -> None:
-        await self.redis.delete(REDIS_PREFIX + key)
+        await self._run("delete", key)
 
     async def clear(self, prefix: str) -> None:
-        batch = []
+        accounted = [k.decode() async for k, _ in self.redis.hscan_iter(self.account[1], match=_glob_escape(prefix) + "*", count=1000)]
+        for key in accounted:
+            await self.delete(key)
+        batch = []  # blobs outside the account: stored before it existed
         async for key in self.redis.scan_iter(match=_glob_escape(REDIS_PREFIX + prefix) + "*", count=1000):
             batch.append(key)
             if len(batch) >= 500:
