@@ -58,6 +58,21 @@ def test_sqlite_store_under_concurrent_requests(tmp_path):
         assert all(count(origin, f"/k{i}") == 1 for i in range(10))  # coalesced, then stored
 
 
+def test_sqlite_file_shared_by_two_processes(tmp_path):
+    with FakeUpstream(cacheable) as origin:
+        text = profile(origin.url, "sqlite:shared.db")
+        with Ambassador(tmp_path, text) as a, Ambassador(tmp_path, text) as b:
+            paths = [f"/s/p{i % 8}" for i in range(48)]
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda ip: (a if ip[0] % 2 else b).get(ip[1]), enumerate(paths)))
+            assert all(s == 200 and body == f"body of {p[2:]}".encode() for p, (s, _, body) in zip(paths, answers))
+            assert all(count(origin, f"/p{i}") <= 2 for i in range(8))  # at most once per process
+            assert b.get("/s/p0")[1]["X-Cache"] == "HIT" and a.get("/s/p0")[1]["X-Cache"] == "HIT"
+            a.request("PUT", "/s/p0", body=b"x")  # invalidated for both
+            assert b.get("/s/p0")[1]["X-Cache"] == "MISS"
+        assert "Traceback" not in a.output + b.output
+
+
 # --- redis ----------------------------------------------------------------------------------------
 
 
