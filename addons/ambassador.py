@@ -154,6 +154,8 @@ class ProfileManager:
 
 def body_size_limit() -> int | None:
     """mitmproxy's body_size_limit in bytes: it bounds the upstreams' answers too."""
+    if "body_size_limit" not in ctx.options:
+        return None  # mitmproxy's proxy server addon defines it; a bare test context has none
     return human.parse_size(ctx.options.body_size_limit)
 
 
