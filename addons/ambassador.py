@@ -321,7 +321,7 @@ def to_mitm_response(answer: UpstreamResponse, http_version: str, upstream_name:
         # HTTP/2 and 3 want lower-case field names; mitmproxy would fix and log each one.
         fields = [(k.lower(), v) for k, v in fields]
     now = time.time()
-    return http.Response(
+    return unchecked_response(
         http_version=http_version.encode(),
         status_code=answer.status,
         reason=answer.reason.encode("latin-1", "replace"),
@@ -331,6 +331,20 @@ def to_mitm_response(answer: UpstreamResponse, http_version: str, upstream_name:
         timestamp_start=now,
         timestamp_end=now,
     )
+
+
+def unchecked_response(**fields) -> http.Response:
+    """`http.Response(**fields)` without its run-time type check of every field.
+
+    mitmproxy checks the fields of each new message against their annotations unless Python
+    runs with -O (`if __debug__` in `http.MessageData`): about a third of what building an
+    answer costs, on every request. Ours come from typed values (tests/test_addons.py checks
+    the result against the checked constructor's)."""
+    data = object.__new__(http.ResponseData)
+    data.__dict__.update(fields)
+    response = object.__new__(http.Response)
+    response.data = data
+    return response
 
 
 class NoDirectUpstream:

@@ -90,3 +90,25 @@ def test_a_raising_addon_still_gets_the_flow_answered(tmp_path):
     assert flow.response.status_code == 500
     assert json.loads(flow.response.content)["reason"] == "internal_error"
     assert flow.comment  # the observer annotated it too
+
+
+def test_unchecked_response_is_the_checked_constructors_response():
+    """to_mitm_response skips mitmproxy's run-time type check; the result must be what the
+    checked constructor makes, or a mitmproxy upgrade changed the message's make-up."""
+    import dataclasses
+
+    from mitmproxy import http
+    from multidict import CIMultiDict
+
+    from addons.ambassador import to_mitm_response
+    from addons.exchange import UpstreamResponse
+
+    headers = CIMultiDict([("Content-Type", "text/plain"), ("Set-Cookie", "a=1"), ("set-cookie", "b=2")])
+    answer = UpstreamResponse(201, "Créé", headers, b"\x00body")
+    for version in ("HTTP/1.1", "HTTP/2.0"):
+        fast = to_mitm_response(answer, version, "api")
+        checked = http.Response(**{f.name: getattr(fast.data, f.name) for f in dataclasses.fields(http.ResponseData)})
+        assert fast.get_state() == checked.get_state()
+        assert vars(fast).keys() == vars(checked).keys()
+        assert fast.headers.get_all("set-cookie") == ["a=1", "b=2"] and fast.headers["X-Ambassador-Upstream"] == "api"
+        assert (fast.status_code, fast.reason, fast.content, fast.http_version) == (201, "Créé", b"\x00body", version)
