@@ -70,6 +70,10 @@ class Job:
     body: bytes | None = None
 
 
+def jobs_file() -> Path:
+    return state_dir() / "jobs.sqlite3"
+
+
 def interrupted(upstream: str) -> tuple[int, list[tuple[str, str]], bytes]:
     body = json.dumps(
         {
@@ -181,7 +185,7 @@ class Jobs:
         """The store, opened on first use so that profiles without async create no files."""
         async with self.opening:
             if self.store is None:
-                path = state_dir() / "jobs.sqlite3"
+                path = jobs_file()
                 store = await asyncio.to_thread(JobStore, path, self.owner)
                 # A new owner: jobs left running by ambassadors that are gone ended with them.
                 for upstream in await asyncio.to_thread(store.interrupt, _owner_gone(self.owner), time.time()):
@@ -232,6 +236,8 @@ class Jobs:
     async def lookup(self, job_id: str) -> Job | None:
         if not JOB_ID_RE.match(job_id):
             return None
+        if self.store is None and not await asyncio.to_thread(jobs_file().exists):
+            return None  # no job was ever kept here: no file to create for a question
         store = await self.open()
         return await asyncio.to_thread(store.get, job_id, time.time())
 

@@ -84,6 +84,9 @@ def parse_token_answer(status: int, body: bytes, sent_at: float) -> Token:
         raise TokenError(f"answered HTTP {status} without an access_token")
     if not TOKEN_RE.match(answer["access_token"]):
         raise TokenError(f"answered HTTP {status} with an access_token a header cannot carry")
+    token_type = answer.get("token_type", "Bearer")  # required by RFC 6749 5.1; some servers leave it out
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise TokenError(f"answered HTTP {status} with token_type {token_type!r}; only Bearer tokens can be sent", retryable=False)
     if "expires_in" not in answer:
         return Token(answer["access_token"], None, None)
     lifetime = _seconds(answer["expires_in"])

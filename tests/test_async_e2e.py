@@ -173,3 +173,12 @@ def test_a_crash_while_running_is_reported_as_failed_after_the_restart(tmp_path,
     with ambassador(tmp_path, service.upstream) as amb:
         status, _, raw = amb.get(running)
         assert status == 502 and json.loads(raw)["reason"] == "job_interrupted"
+
+
+def test_asking_for_a_job_creates_no_state_where_none_was_kept(tmp_path):
+    with FakeUpstream() as up:
+        plain = f"upstreams:\n  plain:\n    url: {up.url}\n    match: {{path_prefix: /plain}}\n"
+        with Ambassador(tmp_path, plain, env={"AMBASSADOR_STATE_DIR": str(tmp_path / "state")}) as amb:
+            status, _, raw = amb.get("/_ambassador/jobs/AAAAAAAAAAAAAAAAAAAAAA")
+            assert (status, json.loads(raw)["reason"]) == (404, "not_found")
+    assert not (tmp_path / "state").exists()

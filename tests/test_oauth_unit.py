@@ -312,3 +312,19 @@ def test_basic_client_authentication_form_encodes_id_and_secret():
     policy = OAuth2ClientCredentials("http://127.0.0.1:1/token", "a b", "p:w&", None, "basic")
     header = TokenEndpoint(policy, False).headers["Authorization"]
     assert base64.b64decode(header.removeprefix("Basic ")).decode() == "a+b:p%3Aw%26"
+
+
+@pytest.mark.parametrize("answer", [{"access_token": "t"}, {"access_token": "t", "token_type": "bearer"}, {"access_token": "t", "token_type": "BEARER"}])
+def test_bearer_tokens_are_taken_whatever_the_case_of_their_type(answer):
+    import json
+
+    assert parse_token_answer(200, json.dumps(answer).encode(), 0.0).value == "t"
+
+
+@pytest.mark.parametrize("token_type", ["mac", "DPoP", 7])
+def test_tokens_of_another_type_are_refused_for_good(token_type):
+    import json
+
+    with pytest.raises(TokenError, match="only Bearer") as refused:
+        parse_token_answer(200, json.dumps({"access_token": "t", "token_type": token_type}).encode(), 0.0)
+    assert not refused.value.retryable
