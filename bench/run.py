@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import datetime
@@ -51,6 +52,7 @@ VENV = ROOT / ".venv"
 MITMDUMP = VENV / "bin" / "mitmdump"  # the reference runs the very mitmproxy the ambassador runs
 REPORT_LUA = BENCH / "report.lua"
 SLOW_DELAY = 0.2  # seconds the slow upstream waits before each answer
+ANSWER_FILE = "answer.json"  # the upstream's answer, for the answer-from-memory reference
 BODY = (b'{"id": 42, "name": "ACME Widgets Ltd", "status": "active", "balance": "1234.56"}\n' * 13)[:1024]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 60.0  # two cores shared with other work: mitmproxy can take a while to start
@@ -70,14 +72,14 @@ class BareMitmdump:
     label: str = "bare mitmdump"
     path: str = "/file"
     script: Path | None = None  # an addon for mitmdump -s (the answer-from-memory reference)
-    answer_from: str = ""  # the upstream path whose answer the script serves
+    answer_from: str = ""  # the upstream path whose answer the script serves (saved first, see save_answer)
     headers: tuple[tuple[str, str], ...] = ()  # what the client must send itself (the ambassador adds auth)
 
     def argv(self, upstream_url: str, port: int, workdir: Path) -> list[str]:
         argv = [str(MITMDUMP), "--mode", f"reverse:{upstream_url}", "-q", "--listen-host", "127.0.0.1",
                 "--listen-port", str(port), "--set", "connection_strategy=lazy", "--set", f"confdir={workdir / 'conf'}"]
         if self.script:
-            argv += ["-s", str(self.script), "--set", f"bench_response_from={upstream_url}{self.answer_from}"]
+            argv += ["-s", str(self.script), "--set", f"bench_answer={workdir / ANSWER_FILE}"]
         return argv
 
 
@@ -366,6 +368,19 @@ def drive(url: str, connections: int, duration: float, headers: tuple[tuple[str,
     return result
 
 
+# Fields of the fetch's connection, not of the answer to replay (urllib asks for "close").
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding"}
+
+
+def save_answer(url: str, path: Path) -> None:
+    """The upstream's answer at `url`, saved for answer_from_memory.py to give every request."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with direct.open(url, timeout=30) as answer:
+        fields = [(k, v) for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP]
+        saved = {"status": answer.status, "headers": fields, "body": base64.b64encode(answer.read()).decode()}
+    path.write_text(json.dumps(saved))
+
+
 def check_answers(url: str, headers: tuple[tuple[str, str], ...], label: str) -> None:
     """One request before measuring: a proxy that answers errors would measure its error path."""
     request = urllib.request.Request(url, headers=dict(headers))
@@ -429,6 +444,8 @@ def measure(config: Configuration, tools: Tools, settings: argparse.Namespace, w
         for role, side in sides.items():
             side_dir = workdir / role
             side_dir.mkdir()
+            if isinstance(side, BareMitmdump) and side.answer_from:
+                save_answer(upstream_url + side.answer_from, side_dir / ANSWER_FILE)
             port = free_port()
             proxies[role] = Server(side.label, tools.pinned(side.argv(upstream_url, port, side_dir), 0), side_dir / "log")
             running.enter_context(proxies[role]).wait_listening(port)
