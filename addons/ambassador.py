@@ -182,6 +182,8 @@ class AdminGate:
     host, and no cross-site browser requests (a web page must not drive the batch endpoint
     with the ambassador's credentials)."""
 
+    admin_only = True  # acts on `/_ambassador/...` requests only (see AmbassadorAddons)
+
     def __init__(self, manager: ProfileManager):
         self.manager = manager
 
@@ -201,6 +203,8 @@ class AdminGate:
 
 class AdminEndpoints:
     """`/_ambassador/...` belongs to the ambassador on every listener."""
+
+    admin_only = True  # acts on `/_ambassador/...` requests only (see AmbassadorAddons)
 
     def __init__(self, manager: ProfileManager):
         self.manager = manager
@@ -376,17 +380,27 @@ class AmbassadorAddons:
     docs/benchmarks.md).
 
     When a child raises, the later children miss that event; the guard and the observer
-    (`last`) still act on it, so that no flow goes unanswered or uncounted.
+    (`last`) still act on it, so that no flow goes unanswered or uncounted. Children marked
+    `admin_only` see only requests for `/_ambassador/...`: most requests are not, and one path
+    check spares them each a call.
     """
 
     def __init__(self, children: list | None = None) -> None:
         self.children = make_addons() if children is None else children
         self.manager: ProfileManager = self.children[0]
         self.last = [NoDirectUpstream(), ExchangeObserver()]
-        for name in hooks.all_hooks.keys() - {"load"}:
+        for name in hooks.all_hooks.keys() - {"load", "request"}:
             first, last = _hooks(self.children, name), _hooks(self.last, name)
             if first or last:
                 setattr(self, name, _call_in_turn(first, last))
+        routed = [child for child in self.children if not getattr(child, "admin_only", False)]
+        self.request_hooks = {
+            True: _call_in_turn(_hooks(self.children, "request"), _hooks(self.last, "request")),
+            False: _call_in_turn(_hooks(routed, "request"), _hooks(self.last, "request")),
+        }
+
+    def request(self, flow: http.HTTPFlow):
+        return self.request_hooks[is_admin_path(flow.request.path)](flow)
 
     def load(self, loader) -> None:
         for child in [*self.children, *self.last]:

@@ -92,6 +92,8 @@ class Aggregates:
 class Batch:
     """`POST /_ambassador/batch`: a JSON list of requests, answered in order."""
 
+    admin_only = True  # acts on `/_ambassador/...` requests only (see AmbassadorAddons)
+
     def __init__(self, manager: ProfileManager):
         self.manager = manager
 
@@ -113,6 +115,8 @@ class Batch:
 
 class JobEndpoint:
     """`GET /_ambassador/jobs/{id}`: 202 while running, then the upstream's answer; 404 when unknown."""
+
+    admin_only = True  # acts on `/_ambassador/...` requests only (see AmbassadorAddons)
 
     def __init__(self, jobs: Jobs):
         self.jobs = jobs

@@ -40,6 +40,8 @@ REPLAY_MARKER = ":repeat:"  # answered from a recording (./run.sh replay)
 class MetricsEndpoint:
     """`GET /_ambassador/metrics`: Prometheus text format (OpenMetrics when the scraper asks)."""
 
+    admin_only = True  # acts on `/_ambassador/...` requests only (see AmbassadorAddons)
+
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
