@@ -1,12 +1,14 @@
 """The persistent (sqlite) and shared (redis) cache stores through the real ambassador."""
 
 import concurrent.futures
+import subprocess
+import sys
 import time
 
 import pytest
 import redis as redis_client
 
-from harness import Ambassador, FakeUpstream, Received, Reply
+from harness import ROOT, Ambassador, FakeUpstream, Received, Reply
 from redis_server import RedisServer
 
 
@@ -66,11 +68,45 @@ def test_sqlite_file_shared_by_two_processes(tmp_path):
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 answers = list(pool.map(lambda ip: (a if ip[0] % 2 else b).get(ip[1]), enumerate(paths)))
             assert all(s == 200 and body == f"body of {p[2:]}".encode() for p, (s, _, body) in zip(paths, answers))
-            assert all(count(origin, f"/p{i}") <= 2 for i in range(8))  # at most once per process
+            fetched = [count(origin, f"/p{i}") for i in range(8)]
+            assert all(n <= 2 for n in fetched), (fetched, a.output[-2000:], b.output[-2000:])  # at most once per process
             assert b.get("/s/p0")[1]["X-Cache"] == "HIT" and a.get("/s/p0")[1]["X-Cache"] == "HIT"
             a.request("PUT", "/s/p0", body=b"x")  # invalidated for both
             assert b.get("/s/p0")[1]["X-Cache"] == "MISS"
         assert "Traceback" not in a.output + b.output
+
+
+OPEN_AT_ONCE = """
+import asyncio, sys, time
+from pathlib import Path
+from addons.cache.stores import SqliteStore
+
+async def use(store):
+    try:
+        await store.put("k", [], 60)
+        await store.get("k")
+        print("ok")
+    except Exception as e:
+        print(f"{type(e).__name__}: {e}")
+    finally:
+        await store.close()
+
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+asyncio.run(use(SqliteStore(Path(sys.argv[1]), 1 << 20)))
+"""
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_both_get_it(tmp_path):
+    """Switching a new file to WAL takes a lock SQLite does not wait for: without waiting for
+    it ourselves, one of two processes starting together got "database is locked" (and its
+    cache went to pass-through for a while)."""
+    for trial in range(8):
+        start = str(time.time() + 1.0)
+        both = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, str(tmp_path / f"new{trial}.db"), start],
+                                 cwd=ROOT, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        assert [p.communicate(timeout=60)[0].strip() for p in both] == ["ok", "ok"], trial
 
 
 # --- redis ----------------------------------------------------------------------------------------
