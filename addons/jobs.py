@@ -30,6 +30,7 @@ from .errors import AmbassadorError
 from .exchange import UpstreamRequest
 from .metrics import ASYNC_JOBS
 from .service import UpstreamService
+from .sqlite_wal import switch_to_wal
 
 log = logging.getLogger("ambassador.jobs")
 
@@ -94,7 +95,7 @@ class JobStore:
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
         self.lock = threading.Lock()
         with self.lock:
-            self.db.execute("PRAGMA journal_mode=WAL")
+            switch_to_wal(self.db)
             self.db.executescript(SCHEMA)
 
     def create(self, job_id: str, upstream: str, keep: float, deadline: float) -> None:

@@ -70,3 +70,32 @@ def test_jobs_of_gone_owners_are_interrupted(tmp_path):
     assert sorted(s.interrupt(gone, now=5)) == ["a", "b"]
     assert not s.get("mine", 6).running and not s.get("dead", 6).running
     assert s.get("alive", 6).running and s.get("remote", 6).running
+
+
+OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from addons.jobs import JobStore
+
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+try:
+    JobStore(Path(sys.argv[1]), "owner").close()
+    print("ok")
+except Exception as e:
+    print(f"{type(e).__name__}: {e}")
+"""
+
+
+def test_ambassadors_opening_a_new_jobs_file_at_once_both_get_it(tmp_path):
+    """Two ambassadors sharing a state folder, started together (see addons/sqlite_wal.py)."""
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for trial in range(8):
+        start = str(time.time() + 1.0)
+        both = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, str(tmp_path / f"jobs{trial}.sqlite3"), start],
+                                 cwd=root, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        assert [p.communicate(timeout=60)[0].strip() for p in both] == ["ok", "ok"], trial

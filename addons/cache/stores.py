@@ -28,6 +28,7 @@ from typing import Protocol
 
 import redis.asyncio
 
+from ..sqlite_wal import BUSY_WAIT, switch_to_wal
 from .entry import Entry, dump_variants, load_variants
 
 log = logging.getLogger("ambassador.cache")
@@ -35,7 +36,6 @@ log = logging.getLogger("ambassador.cache")
 REDIS_PREFIX = "ambassador:cache:"
 REDIS_TIMEOUT = 1.0  # a store slower than this is treated as down: answer from upstream instead
 OUTAGE_PAUSE = 2.0  # seconds a failed store is left alone before it is tried again
-SQLITE_BUSY_WAIT = 5.0  # seconds to wait for another process's lock on a shared sqlite file
 COUNT_REFRESH = 1.0  # seconds between recounts of a shared store's entries
 # A memory store item's own bookkeeping: its (variants, size, expiry) tuple and ordered-dict slot.
 ITEM_OVERHEAD = 256
@@ -103,22 +103,6 @@ class MemoryStore:
         self.bytes = 0
 
 
-def _switch_to_wal(db: sqlite3.Connection) -> None:
-    """WAL mode: readers and a writer work at once, across processes too. The switch needs an
-    exclusive lock, and SQLite does not wait for that one (no busy handler): two processes
-    opening a new file at the same moment get "database is locked". It runs on the store's
-    own thread, so waiting here blocks no event loop."""
-    deadline = time.monotonic() + SQLITE_BUSY_WAIT
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
 class SqliteStore:
     SCHEMA = """
         CREATE TABLE IF NOT EXISTS cache (
@@ -145,8 +129,8 @@ class SqliteStore:
         if self.db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_WAIT * 1000)}")
-            _switch_to_wal(db)
+            db.execute(f"PRAGMA busy_timeout = {int(BUSY_WAIT * 1000)}")
+            switch_to_wal(db)
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(self.SCHEMA)
             self.entries, self.bytes = db.execute("SELECT count(*), total(size) FROM cache").fetchone()
