@@ -368,12 +368,11 @@ def drive(url: str, connections: int, duration: float, headers: tuple[tuple[str,
     return result
 
 
-# Fields of the fetch's connection, not of the answer to replay (urllib asks for "close").
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding"}
-
-
 def save_answer(url: str, path: Path) -> None:
-    """The upstream's answer at `url`, saved for answer_from_memory.py to give every request."""
+    """The upstream's answer at `url`, saved for answer_from_memory.py to give every request,
+    without the fields of this fetch's connection (urllib asks for "close")."""
+    from addons.fields import HOP_BY_HOP
+
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with direct.open(url, timeout=30) as answer:
         fields = [(k, v) for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP]

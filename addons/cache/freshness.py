@@ -24,6 +24,7 @@ DIRECTIVE_RE = re.compile(
 )
 
 Directives = dict[str, "str | None"]
+NO_DIRECTIVES: Directives = {}
 
 
 def parse_cache_control(values: Iterable[str]) -> tuple[Directives, frozenset[str]]:
@@ -58,7 +59,7 @@ def request_directives(cache_control: list[str] | None, pragma: list[str] | None
         return parse_cache_control(cache_control)[0]
     if pragma and any(token.strip().lower() == "no-cache" for line in pragma for token in line.split(",")):
         return {"no-cache": None}
-    return {}
+    return NO_DIRECTIVES
 
 
 def delta_seconds(argument: str | None) -> int | None:

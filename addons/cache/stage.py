@@ -43,7 +43,6 @@ ERROR_REASONS = frozenset({"connect_error", "timeout", "circuit_open"})
 END_TO_END_DIRECTIVES = ("no-cache", "max-age", "min-fresh")
 MAX_VARIANTS = 8
 PASS_KEYS = 10_000
-NO_DIRECTIVES: freshness.Directives = {}
 
 
 def make_store(upstream: Upstream, state: str | None) -> Store:
@@ -347,7 +346,7 @@ class CacheStage:
             refresh.headers.popall(name, None)
         flight = self._take_off(key)
         task = asyncio.get_running_loop().create_task(
-            self._lead(flight, key, refresh, entry, call_next, NO_DIRECTIVES)
+            self._lead(flight, key, refresh, entry, call_next, freshness.NO_DIRECTIVES)
         )
         self.background.add(task)
         task.add_done_callback(self._background_done)
