@@ -13,6 +13,10 @@ STATUS_BY_REASON = {
     "auth_failed": 502,
     "bad_request": 400,
     "not_recorded": 502,
+    "rate_limited": 429,
+    "method_not_allowed": 405,
+    "too_large": 413,
+    "headers_too_large": 431,
     "not_found": 404,
     "only_if_cached": 504,
     "upstream_error": 502,
@@ -23,12 +27,21 @@ STATUS_BY_REASON = {
 class AmbassadorError(Exception):
     """A request the ambassador answers itself, with `{"error", "reason", "upstream"}` JSON."""
 
-    def __init__(self, reason: str, message: str, upstream: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        upstream: str | None = None,
+        headers: dict[str, str] | None = None,
+        status: int | None = None,
+    ):
+        """`status` overrides the reason's usual one: `too_large` is 413 for a client's request
+        but 502 for an upstream's answer over the limit."""
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.upstream = upstream
-        self.status = STATUS_BY_REASON[reason]
+        self.status = status or STATUS_BY_REASON[reason]
         self.headers = headers or {}
 
     def body(self) -> bytes:

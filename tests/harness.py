@@ -232,6 +232,27 @@ class Ambassador:
                     raise AssertionError(f"no /{pattern}/ within {timeout}s:\n" + "\n".join(self.lines))
                 self.changed.wait(min(remaining, 0.2))
 
+    def peak_rss_kib(self) -> int:
+        """The ambassador process's peak resident memory so far (VmHWM), in KiB."""
+        return proc_status_kib(self.pid, "VmHWM")
+
+    @property
+    def pid(self) -> int:
+        """The process serving: run.sh execs it, except beside the demo service (then its child)."""
+        assert self.proc
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        for kid in children.read_text().split() if children.exists() else []:
+            try:
+                if b"legacy_service" not in Path(f"/proc/{kid}/cmdline").read_bytes():
+                    return int(kid)
+            except OSError:
+                continue
+        return self.proc.pid
+
+    def raw(self, data: bytes, timeout: float = 10) -> bytes:
+        """Send raw bytes to the listener and read until it closes (or `timeout`)."""
+        return raw_exchange(self.port, data, timeout)
+
     def stop(self) -> int:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -278,6 +299,60 @@ class Ambassador:
         status, payload = self.get_json("/_ambassador/status")
         assert status == 200, payload
         return payload
+
+
+class RawUpstream:
+    """A TCP server on 127.0.0.1 that answers every connection with `script(sock)`."""
+
+    def __init__(self, script):
+        self.script = script
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.accepted = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn):
+        with conn:
+            conn.recv(65536)
+            try:
+                self.script(conn)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes (what an HTTP client would refuse to send) and read until the peer closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A memory figure (VmRSS, VmHWM...) of a process from /proc, in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def free_port() -> int:

@@ -9,41 +9,9 @@ import time
 
 import pytest
 
-from harness import Ambassador, FakeUpstream, Received, Reply
+from harness import Ambassador, FakeUpstream, RawUpstream, Received, Reply, raw_exchange
 
 BIG = 10 * 1024 * 1024
-
-
-class RawUpstream:
-    """A TCP server on 127.0.0.1 that answers every connection with `script(sock)`."""
-
-    def __init__(self, script):
-        self.script = script
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.accepted = 0
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
-
-    def handle(self, conn):
-        with conn:
-            conn.recv(65536)
-            try:
-                self.script(conn)
-            except OSError:
-                pass
-
-    def close(self):
-        self.listener.close()
 
 
 def reset_mid_body(conn):
@@ -143,21 +111,6 @@ def test_slow_clients_do_not_block_others(setup):
     finally:
         for s in slow:
             s.close()
-
-
-def raw_exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def test_malformed_http_from_a_client_gets_4xx(setup):
