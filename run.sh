@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# mitm-ambassador: set up and run. See README.md.
-#   ./run.sh [PROFILE] [MITM OPTIONS...]           run under mitmdump
-#   ./run.sh web [PROFILE] [MITM OPTIONS...]       run under mitmweb
-#   ./run.sh record FILE [PROFILE] [MITM OPTIONS...]
-#   ./run.sh replay FILE [PROFILE] [MITM OPTIONS...]
-#   ./run.sh check PROFILE
-#   ./run.sh test [PYTEST ARGS...]
+# mitm-ambassador: set up and run (README.md). Each command makes or refreshes .venv first.
+#
+#   ./run.sh [PROFILE] [MITM OPTIONS...]              run under mitmdump (default: profiles/default.yaml
+#                                                     in front of the bundled demo service)
+#   ./run.sh web [PROFILE] [MITM OPTIONS...]          run under mitmweb (UI on http://127.0.0.1:8082)
+#   ./run.sh record FILE [PROFILE] [MITM OPTIONS...]  run and save every flow to FILE, secrets redacted
+#   ./run.sh replay FILE [PROFILE] [MITM OPTIONS...]  answer from FILE, contacting no upstream
+#   ./run.sh check PROFILE                            validate a profile: `ok` or its problems
+#   ./run.sh test [PYTEST ARGS...]                    run the tests
+#   ./run.sh help                                     this text
+#
+# PROFILE: a YAML file, or a name under profiles/ (prod -> profiles/prod.yaml). MITM OPTIONS go to
+# mitmproxy unchanged (--listen-port 9090, --set name=value, ...). These are mitmproxy's own tools
+# with the suite as their script: .venv/bin/mitmdump -s addons/ambassador.py works the same.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 VENV="$ROOT/.venv"
-STAMP="$VENV/.ambassador-stamp"
+STAMP="$VENV/.ambassador-dependencies"  # what the last install was made from
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 
@@ -30,8 +37,12 @@ find_python() {
     die "no Python >= 3.12 found. Install one (e.g. 'apt-get install python3.12 python3.12-venv', or 'pyenv install 3.12') or point PYTHON at it: PYTHON=/path/to/python3.12 ./run.sh"
 }
 
+dependencies() { # the dependency lines of pyproject.toml: a change there refreshes .venv
+    sed -n '/^dependencies = \[/,/^]/p; /^test = \[/,/^]/p' "$ROOT/pyproject.toml"
+}
+
 venv_current() {
-    [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(sha256sum < "$ROOT/pyproject.toml")" ]] && python_ok "$VENV/bin/python"
+    [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(dependencies)" ]] && python_ok "$VENV/bin/python"
 }
 
 ensure_venv() { # create or refresh .venv when pyproject.toml changes
@@ -59,8 +70,8 @@ EOF
         | grep -v "^WARNING: Location .* is ignored" >&2 || true
     "$VENV/bin/python" -c 'import mitmproxy, aiohttp, yaml, pytest' 2>/dev/null \
         || die "installing dependencies failed (see above)"
-    sha256sum < "$ROOT/pyproject.toml" > "$STAMP"
-    exec 9>&- 2>/dev/null || true
+    dependencies > "$STAMP"
+    exec 9>&- || true
 }
 
 ensure_test_tools() { # what the end-to-end tests need from the system; installed where we can (root + apt)
@@ -89,60 +100,117 @@ profile_arg() { # PROFILE: the first argument unless it is an option, else a --s
     echo "$found"
 }
 
-is_default_profile() {
-    [[ "$("$VENV/bin/python" -c 'import sys; from pathlib import Path; from addons.profile import resolve_profile_name; print(resolve_profile_name(sys.argv[1], Path(sys.argv[2])).resolve())' "$1" "$ROOT/profiles")" \
-        == "$ROOT/profiles/default.yaml" ]]
+option_value() { # option_value DEFAULT NAMES... -- ARGS...: the last value given for one of NAMES (--name V, --name=V, --set name=V)
+    local value=$1 names=() previous="" arg name
+    shift
+    while [[ $# -gt 0 && "$1" != -- ]]; do names+=("$1"); shift; done
+    shift
+    for arg in "$@"; do
+        for name in "${names[@]}"; do
+            case "$name" in
+                --*) [[ "$previous" == "$name" ]] && value=$arg; [[ "$arg" == "$name="* ]] && value=${arg#"$name="} ;;
+                -?) [[ "$previous" == "$name" ]] && value=$arg ;;
+                *) [[ "$previous" == --set && "$arg" == "$name="* ]] && value=${arg#"$name="}
+                   [[ "$arg" == "--set=$name="* ]] && value=${arg#"--set=$name="} ;;
+            esac
+        done
+        previous=$arg
+    done
+    echo "$value"
 }
 
-serve() { # serve dump|web PROFILE [OPTIONS...]
+port_in_use() { # something already listens on 127.0.0.1:PORT
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+require_free_port() { # require_free_port PORT WHAT HOW-TO-CHANGE
+    port_in_use "$1" && die "port $1 ($2) is already in use: stop what listens there, or $3"
+    return 0
+}
+
+is_default_profile() {
+    local path=$1
+    [[ -n "$path" && "$path" != */* && "$path" != *.yaml && "$path" != *.yml ]] && path="$ROOT/profiles/$path.yaml"
+    [[ "$(realpath -m "$path")" == "$ROOT/profiles/default.yaml" ]]
+}
+
+SCRIPT="$ROOT/addons/ambassador.py"
+
+serve() { # serve mitmdump|mitmweb PROFILE [OPTIONS...]: mitmproxy's own tool with the suite as its script
     local tool=$1 profile=$2
     shift 2
-    local args=(-m addons "$tool" --set "ambassador_profile=$profile" "$@")
-    if printf '%s\n' "$@" | grep -q '^\(--set=\)\{0,1\}ambassador_profile='; then
-        args=(-m addons "$tool" "$@")  # given as a mitmproxy option: passed on unchanged
+    local args=(-s "$SCRIPT")
+    # mitmproxy opens its listeners before it loads scripts: name loopback before they open.
+    [[ "$(option_value "" --listen-host -- "$@")" == "" ]] && args+=(--listen-host 127.0.0.1)
+    # mitmweb's own 8081 is the demo service's
+    [[ "$tool" == mitmweb && "$(option_value "" --web-port web_port -- "$@")" == "" ]] && args+=(--web-port 8082)
+    printf '%s\n' "$@" | grep -q '^\(--set=\)\{0,1\}ambassador_profile=' || args+=(--set "ambassador_profile=$profile")
+    local port
+    port=$(option_value 8080 --listen-port -p listen_port -- "$@")
+    require_free_port "$port" "the ambassador's listener" "give another with --listen-port PORT"
+    if [[ "$tool" == mitmweb ]]; then
+        port=$(option_value 8082 --web-port web_port -- "$@")
+        require_free_port "$port" "mitmweb's UI" "give another with --web-port PORT"
     fi
     if [[ "${AMBASSADOR_NO_DEMO:-}" != 1 ]] && is_default_profile "$profile"; then
-        # The default profile fronts the bundled demo legacy service: start it alongside.
-        "$VENV/bin/python" -m demo.legacy_service --port "${DEMO_PORT:-8081}" &
+        # The default profile fronts the bundled demo legacy service: start it alongside, and
+        # stop both when either ends.
+        local demo_port=${DEMO_PORT:-8081}
+        require_free_port "$demo_port" "the demo service of the default profile" "start it with DEMO_PORT=PORT"
+        "$VENV/bin/python" "$ROOT/demo/legacy_service.py" --port "$demo_port" &
         local demo=$!
         trap 'kill "$demo" 2>/dev/null || true' EXIT
-        "$VENV/bin/python" "${args[@]}" &
+        until port_in_use "$demo_port"; do
+            kill -0 "$demo" 2>/dev/null || die "the demo service could not start on port $demo_port"
+            sleep 0.05
+        done
+        "$VENV/bin/$tool" "${args[@]}" "$@" &
         local ambassador=$!
         trap 'kill -TERM "$ambassador" 2>/dev/null || true' INT TERM
         local status=0
-        wait "$ambassador" || status=$?
+        wait -n "$ambassador" "$demo" || status=$?
+        if kill -0 "$ambassador" 2>/dev/null; then
+            echo "run.sh: the demo service stopped; stopping the ambassador" >&2
+            kill -TERM "$ambassador" 2>/dev/null
+            wait "$ambassador" 2>/dev/null
+            status=1
+        fi
         wait "$ambassador" 2>/dev/null || true  # wait returns early when a trap ran
         exit "$status"
     fi
-    exec "$VENV/bin/python" "${args[@]}"
+    exec "$VENV/bin/$tool" "${args[@]}" "$@"
 }
 
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-ensure_venv
+usage() {
+    sed -n '2,/^set -euo/p' "$ROOT/run.sh" | sed -e '/^set -euo/d' -e 's/^#\( \|$\)//'
+}
 
 command=${1:-}
+[[ "$command" == help || "$command" == -h || "$command" == --help ]] && { usage; exit 0; }
+ensure_venv
+
 case "$command" in
     test)
         shift
         ensure_test_tools
         cd "$ROOT"
-        exec "$VENV/bin/python" -m pytest "$@"
+        PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/python" -m pytest "$@"
         ;;
     check)
         [[ $# -eq 2 ]] || die "usage: ./run.sh check PROFILE"
-        exec "$VENV/bin/python" -m addons check "$2"
+        exec "$VENV/bin/python" "$ROOT/addons/cli.py" check "$2"
         ;;
     web)
         shift
         profile=$(profile_arg "$@"); [[ $# -gt 0 && "$1" != -* ]] && shift
-        serve web "$profile" "$@"
+        serve mitmweb "$profile" "$@"
         ;;
     record)
         [[ $# -ge 2 ]] || die "usage: ./run.sh record FILE [PROFILE] [MITM OPTIONS...]"
         file=$2; shift 2
         profile=$(profile_arg "$@"); [[ $# -gt 0 && "$1" != -* ]] && shift
         # The ambassador's own endpoints (status, metrics) are not recorded: replay answers them live.
-        serve dump "$profile" --save-stream-file "$file" \
+        serve mitmdump "$profile" --save-stream-file "$file" \
             --set 'save_stream_filter=!~u "://[^/]+/_ambassador([/?]|$)"' "$@"
         ;;
     replay)
@@ -150,12 +218,10 @@ case "$command" in
         file=$2; shift 2
         [[ -f "$file" ]] || die "no recording at $file (make one with ./run.sh record $file)"
         profile=$(profile_arg "$@"); [[ $# -gt 0 && "$1" != -* ]] && shift
-        AMBASSADOR_NO_DEMO=1 serve dump "$profile" --server-replay "$file" \
-            --set server_replay_reuse=true --set server_replay_ignore_host=true \
-            --set server_replay_ignore_port=true "$@"
+        AMBASSADOR_NO_DEMO=1 serve mitmdump "$profile" --set "ambassador_replay=$file" "$@"
         ;;
     *)
         profile=$(profile_arg "$@"); [[ $# -gt 0 && "$1" != -* ]] && shift
-        serve dump "$profile" "$@"
+        serve mitmdump "$profile" "$@"
         ;;
 esac

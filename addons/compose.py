@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 
-from mitmproxy import ctx, http
+from mitmproxy import http
 
 from .aggregate import AggregateTable, fan_out
-from .ambassador import ProfileManager, addressed_to_ambassador, attached, detach, error_response, json_response, to_upstream_request
+from .suite import ProfileManager, addressed_to_ambassador, attached, detach, error_response, json_response, to_upstream_request
 from .batch import parse_batch, run_batch
 from .errors import AmbassadorError
 from .gateway import Gateway
@@ -32,12 +32,6 @@ def _handled(flow: http.HTTPFlow) -> bool:
 
 def _only_path(flow: http.HTTPFlow) -> str:
     return flow.request.path.split("?", 1)[0]
-
-
-def _refuse_when_replaying(flow: http.HTTPFlow) -> None:
-    """`./run.sh replay` never contacts upstreams: server playback answered every recorded request."""
-    if ctx.options.server_replay:
-        raise AmbassadorError("not_recorded", f"no recorded response for {flow.request.method} {flow.request.path}")
 
 
 class Aggregates:
@@ -67,7 +61,6 @@ class Aggregates:
         try:
             if request.method != "GET":
                 raise AmbassadorError("bad_request", f"aggregate {aggregate.template} answers GET only")
-            _refuse_when_replaying(flow)
             first = gateway.profile.upstreams[next(iter(aggregate.parts.values())).upstream]
             template = to_upstream_request(flow, Route(first, request.path))  # the client's headers and timeout
             status, document, parts = await fan_out(gateway.services, aggregate, captures, template)
@@ -105,7 +98,6 @@ class Batch:
             if flow.request.method != "POST":
                 raise AmbassadorError("bad_request", f"{BATCH_PATH} answers POST only")
             items = parse_batch(flow.request.raw_content or b"", gateway.routes)
-            _refuse_when_replaying(flow)
         except AmbassadorError as e:
             flow.response = error_response(e)
             return
@@ -164,7 +156,6 @@ class RespondAsync:
         name = service.upstream.name
         detach(flow)  # answered here, whatever happens
         try:
-            _refuse_when_replaying(flow)
             request = to_upstream_request(flow, route)
         except AmbassadorError as e:
             e.upstream = name

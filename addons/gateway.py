@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .pipeline import build_stages
 from .profile import Profile
+from .replay import Recording
 from .routing import RouteTable
 from .service import UpstreamService, UpstreamStats
 
@@ -14,6 +15,7 @@ class Gateway:
         self.routes = RouteTable(profile)
         self.stats: dict[str, UpstreamStats] = previous.stats if previous else {}
         self.services: dict[str, UpstreamService] = {}
+        self.replay: Recording | None = None
         # Shared state (`state:`) backs the cache and breaker stages: a change rebuilds them all.
         kept = previous.services if previous and previous.profile.state == profile.state else {}
         for name, upstream in profile.upstreams.items():
@@ -25,10 +27,14 @@ class Gateway:
             self.services[name] = UpstreamService(
                 upstream, self.stats.setdefault(name, UpstreamStats()), build_stages(upstream, profile)
             )
+        if previous:
+            self.set_replay(previous.replay)
 
-    def set_offline(self, offline: bool) -> None:
+    def set_replay(self, recording: Recording | None) -> None:
+        """Answer from `recording` instead of the upstreams (None: contact them again)."""
+        self.replay = recording
         for service in self.services.values():
-            service.offline = offline
+            service.replay = recording
 
     def set_body_limit(self, limit: int | None) -> None:
         for service in self.services.values():

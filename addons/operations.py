@@ -75,7 +75,7 @@ class Exchange:
     @classmethod
     def of(cls, flow: http.HTTPFlow, now: float) -> Exchange:
         notes = flow.metadata.get("ambassador", {})
-        replayed = flow.is_replay == "response"
+        replayed = bool(notes.get("replayed")) or flow.is_replay == "response"
         upstream = notes.get("upstream")
         if upstream is None and replayed:
             upstream = flow.response.headers.get("X-Ambassador-Upstream")  # recorded with the response

@@ -17,6 +17,7 @@ from typing import Awaitable, Callable, Protocol
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
 from .profile import Upstream
+from .replay import Recording
 from .transport import Transport
 
 Handler = Callable[[UpstreamRequest], Awaitable[UpstreamResponse]]
@@ -75,7 +76,7 @@ class UpstreamService:
         self.stages = list(stages)
         self.inflight = 0
         self.retired = False
-        self.offline = False  # replaying recorded flows: the upstream must never be contacted
+        self.replay: Recording | None = None  # replaying a recording: the upstream is never contacted
         self.stages_to_close = [s for s in self.stages if hasattr(s, "close")]
 
     def stage(self, name: str) -> Stage | None:
@@ -105,9 +106,8 @@ class UpstreamService:
             raise self.timeout_error(request) from None
 
     async def handle(self, request: UpstreamRequest) -> UpstreamResponse:
-        if self.offline:  # before the stages: a token endpoint is network too
-            self.stats.errors["not_recorded"] += 1
-            raise AmbassadorError("not_recorded", f"no recorded response for {request.method} {request.path}", self.upstream.name)
+        if self.replay is not None:  # before the stages: a token endpoint is network too
+            return self.replayed(request)
         self.inflight += 1
         try:
             response = await self._run(0, request)
@@ -120,6 +120,15 @@ class UpstreamService:
                 self._close_soon()
         self.stats.responses[response.status] += 1
         return response
+
+    def replayed(self, request: UpstreamRequest) -> UpstreamResponse:
+        answer = self.replay.answer(self.upstream.name, request)
+        if answer is None:
+            self.stats.errors["not_recorded"] += 1
+            raise AmbassadorError("not_recorded", f"no recorded response for {request.method} {request.path}", self.upstream.name)
+        request.notes["replayed"] = True
+        self.stats.responses[answer.status] += 1
+        return answer
 
     def _run(self, index: int, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
         if index == len(self.stages):

@@ -1,6 +1,6 @@
 """The bundled demo legacy service: a slow, sometimes failing JSON API on loopback.
 
-    python -m demo.legacy_service --port 8081
+    python demo/legacy_service.py --port 8081
 
 GET /customers/{id}        a customer (50-300 ms; about one answer in ten is a 503)
 GET /customers/{id}/orders the customer's orders (slow: 0.5-1.5 s)

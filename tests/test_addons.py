@@ -6,7 +6,7 @@ from mitmproxy.addons.serverplayback import ServerPlayback
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow
 
-from addons.ambassador import AdminEndpoints, NoDirectUpstream, ProfileManager, Router, attached
+from addons.suite import AdminEndpoints, NoDirectUpstream, ProfileManager, Router, attached
 
 
 def profile(tmp_path):
@@ -68,14 +68,14 @@ def test_a_raising_addon_still_gets_the_flow_answered(tmp_path):
 
     from mitmproxy.proxy.layers.http import HttpRequestHook
 
-    from addons.ambassador import AmbassadorAddons
+    from addons.suite import AmbassadorAddons
 
     class Broken:
         def request(self, flow):
             raise RuntimeError("a bug")
 
     async def run():
-        from addons.ambassador import make_addons
+        from addons.suite import make_addons
 
         children = make_addons()
         container = AmbassadorAddons([children[0], Broken(), *children[1:]])
@@ -100,7 +100,7 @@ def test_unchecked_response_is_the_checked_constructors_response():
     from mitmproxy import http
     from multidict import CIMultiDict
 
-    from addons.ambassador import to_mitm_response
+    from addons.suite import to_mitm_response
     from addons.exchange import UpstreamResponse
 
     headers = CIMultiDict([("Content-Type", "text/plain"), ("Set-Cookie", "a=1"), ("set-cookie", "b=2")])

@@ -136,7 +136,7 @@ def test_offline_profile_records_and_replays_the_demo_service(tmp_path):
     env = {"OFFLINE_URL": f"http://127.0.0.1:{port}"}
     offline = ROOT / "profiles" / "offline.yaml"
     demo = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "python"), "-m", "demo.legacy_service", "--port", str(port), "--failure-rate", "0"],
+        [str(ROOT / ".venv" / "bin" / "python"), str(ROOT / "demo" / "legacy_service.py"), "--port", str(port), "--failure-rate", "0"],
         cwd=ROOT,
     )
     try:

@@ -1,1 +1,0 @@
-"""A demo legacy service for the default profile, so `./run.sh` has something to front."""
