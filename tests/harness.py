@@ -169,13 +169,14 @@ class Ambassador:
         self.port = free_port()
         self.argv = [str(RUN_SH), *command, *profile_arg, "--listen-port", str(self.port), "--set", f"confdir={confdir}", *args]
         self.env = {**os.environ, **(env or {})}
+        self.cwd: Path | None = None
         self.lines: list[str] = []
         self.changed = threading.Condition()
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Ambassador":
         self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, start_new_session=True
+            self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, cwd=self.cwd, start_new_session=True
         )
         threading.Thread(target=self._collect, daemon=True).start()
         deadline = time.monotonic() + START_TIMEOUT
@@ -299,6 +300,36 @@ class Ambassador:
         status, payload = self.get_json("/_ambassador/status")
         assert status == 200, payload
         return payload
+
+
+class StockTool(Ambassador):
+    """mitmproxy's own tool (`mitmdump`, `mitmweb`) with `-s addons/ambassador.py`, as a user
+    runs it: from another working directory, without PYTHONPATH, without run.sh."""
+
+    def __init__(self, tmp_path: Path, profile: str | Path | None, *args: str, tool: str = "mitmdump", env: dict | None = None):
+        super().__init__(tmp_path, profile, *args, env=env)
+        confdir = tmp_path / "mitmproxy-conf"
+        profile_option = ["--set", f"ambassador_profile={self.profile_path}"] if self.profile_path else []
+        self.argv = [
+            str(ROOT / ".venv" / "bin" / tool), "-s", str(ROOT / "addons" / "ambassador.py"),
+            "--listen-port", str(self.port), "--set", f"confdir={confdir}", *profile_option, *args,
+        ]
+        self.env.pop("PYTHONPATH", None)
+        self.cwd = tmp_path
+
+
+def listening_addresses(port: int) -> list[str]:
+    """The local addresses with a TCP listener on `port`, as /proc/net/tcp{,6} write them
+    (`0100007F` is 127.0.0.1)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, local_port = local.split(":")
+                if state == "0A" and int(local_port, 16) == port:  # 0A: LISTEN
+                    found.append(address)
+    return found
 
 
 class RawUpstream:

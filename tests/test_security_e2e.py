@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from harness import Ambassador, FakeUpstream, echo
+from harness import Ambassador, FakeUpstream, echo, listening_addresses
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +81,7 @@ def test_encoded_paths_cannot_climb_out_of_the_prefix(setup, path):
 
 def test_listens_on_loopback_only(setup):
     amb, _, _ = setup
-    listening = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                local, state = line.split()[1], line.split()[3]
-                address, port = local.split(":")
-                if state == "0A" and int(port, 16) == amb.port:  # 0A: LISTEN
-                    listening.append(address)
-    assert listening == ["0100007F"]  # 127.0.0.1, and nothing on tcp6 or other addresses
+    assert listening_addresses(amb.port) == ["0100007F"]  # 127.0.0.1, and nothing on tcp6 or other addresses
 
 
 @pytest.mark.parametrize("path", ["/app/..;/secret", "/app/%2e%2e%3b/secret", "/app/.;x/secret", "/app/..;jsessionid=1/x"])
