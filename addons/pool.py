@@ -29,14 +29,19 @@ class GuardedResponseHandler(ResponseHandler):
 
     idle = False  # back in the pool: no request is outstanding on it
 
+    def __init__(self, loop: asyncio.AbstractEventLoop, upstream: str):
+        super().__init__(loop)
+        self.upstream = upstream  # its name, for the log
+
     def data_received(self, data: bytes) -> None:
         if self.idle and data:  # aiohttp feeds b"" itself to resume reading: not from the upstream
             self.close_unasked(len(data))
             return
         super().data_received(data)
-        if self.idle and self.should_close:
+        if self.idle and self.should_close and self.is_connected():
             # The answer ended inside this read and went back to the pool; the rest of the read
-            # (parsed as a queued second answer, or broken framing) belongs to no request.
+            # (parsed as a queued second answer, or broken framing) belongs to no request. (Not
+            # connected: the pool closed it already, as after `Connection: close`.)
             self.close_unasked(len(data))
 
     def set_response_params(self, **kwargs) -> None:
@@ -44,17 +49,16 @@ class GuardedResponseHandler(ResponseHandler):
         super().set_response_params(**kwargs)
 
     def close_unasked(self, size: int) -> None:
-        peer = self.transport.get_extra_info("peername") if self.transport else None
-        log.warning("upstream %s sent bytes nobody asked for (%d in the last read); closed the connection", peer, size)
+        log.warning("upstream %s sent bytes nobody asked for (%d in the last read); closed that connection", self.upstream, size)
         self.close()
 
 
 class GuardedConnector(aiohttp.TCPConnector):
     """A TCPConnector whose pooled connections close on any byte that arrives while they idle."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, upstream: str, **kwargs):
         super().__init__(**kwargs)
-        self._factory = functools.partial(GuardedResponseHandler, loop=asyncio.get_running_loop())
+        self._factory = functools.partial(GuardedResponseHandler, loop=asyncio.get_running_loop(), upstream=upstream)
 
     def _release(self, key, protocol: GuardedResponseHandler, *, should_close: bool = False) -> None:
         if protocol.transport is not None and protocol.transport.get_write_buffer_size():

@@ -43,7 +43,7 @@ class Transport:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=GuardedConnector(ssl=self.ssl, limit=512, keepalive_timeout=30),
+                connector=GuardedConnector(self.upstream.name, ssl=self.ssl, limit=512, keepalive_timeout=30),
                 auto_decompress=False,
                 skip_auto_headers=NO_AUTO_HEADERS,
                 cookie_jar=aiohttp.DummyCookieJar(),

@@ -30,7 +30,7 @@ def test_the_private_aiohttp_parts_the_pool_relies_on():
     assert isinstance(inspect.getattr_static(ResponseHandler, "should_close"), property)
 
     async def factory_protocol():
-        connector = GuardedConnector()
+        connector = GuardedConnector("test")
         try:
             return connector._factory()
         finally:
@@ -43,7 +43,7 @@ def test_a_well_framed_answer_keeps_the_connection_pooled():
     upstream = KeepAliveRawUpstream(answer)
 
     async def three():
-        async with aiohttp.ClientSession(connector=GuardedConnector()) as session:
+        async with aiohttp.ClientSession(connector=GuardedConnector("test")) as session:
             return [await get(session, f"{upstream.url}/{n}") for n in range(3)]
 
     try:
@@ -57,7 +57,7 @@ def test_bytes_arriving_while_pooled_close_the_connection():
     upstream = KeepAliveRawUpstream(answer)
 
     async def injected_while_idle():
-        async with aiohttp.ClientSession(connector=GuardedConnector()) as session:
+        async with aiohttp.ClientSession(connector=GuardedConnector("test")) as session:
             first = await get(session, f"{upstream.url}/first")
             upstream.send(0, INJECTED)
             closed = await asyncio.to_thread(upstream.closed[0].wait, WAIT)
@@ -74,7 +74,7 @@ def test_a_second_answer_in_the_same_read_closes_the_connection():
     upstream = KeepAliveRawUpstream(lambda req: answer(req) + (INJECTED if req.path == "/first" else b""))
 
     async def two():
-        async with aiohttp.ClientSession(connector=GuardedConnector()) as session:
+        async with aiohttp.ClientSession(connector=GuardedConnector("test")) as session:
             first = await get(session, f"{upstream.url}/first")
             closed = await asyncio.to_thread(upstream.closed[0].wait, WAIT)
             return first, closed, await get(session, f"{upstream.url}/second")
@@ -95,7 +95,7 @@ def test_a_second_answer_right_behind_the_body_closes_the_connection():
     )
 
     async def two():
-        async with aiohttp.ClientSession(connector=GuardedConnector()) as session:
+        async with aiohttp.ClientSession(connector=GuardedConnector("test")) as session:
             async with session.get(f"{upstream.url}/first") as response:  # its head is in
                 upstream.send(0, body + INJECTED)
                 first = await response.read()
@@ -123,7 +123,7 @@ def test_an_answer_before_the_request_was_sent_closes_the_connection():
     upstream.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 
     async def two():
-        connector = GuardedConnector(socket_factory=small_send_buffer)
+        connector = GuardedConnector("test", socket_factory=small_send_buffer)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=WAIT)) as session:
             async with session.post(f"{upstream.url}/first", data=b"u" * 60_000) as response:
                 first = await response.read()
@@ -133,5 +133,21 @@ def test_an_answer_before_the_request_was_sent_closes_the_connection():
     try:
         assert asyncio.run(two()) == (b"answer to /first", True, b"answer to /second")
         assert upstream.accepted == 2
+    finally:
+        upstream.close()
+
+
+def test_an_upstream_closing_after_its_answer_is_not_reported(caplog):
+    upstream = KeepAliveRawUpstream(lambda req: answer(req).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+
+    async def one():
+        async with aiohttp.ClientSession(connector=GuardedConnector("test")) as session:
+            async with session.get(f"{upstream.url}/only") as response:  # the head first, then the body
+                return await response.read()
+
+    try:
+        assert asyncio.run(one()) == b"answer to /only"
+        assert upstream.closed[0].wait(WAIT)
+        assert "nobody asked for" not in caplog.text
     finally:
         upstream.close()
