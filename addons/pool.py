@@ -6,6 +6,9 @@ body longer than its Content-Length) are then parsed as the answer to whatever r
 next on it: another client gets them, and a cacheable route stores them. Once that next request
 is sent nothing tells such bytes from its real answer, so they are caught while the connection
 idles: any byte arriving then closes it, and aiohttp drops closed connections from the pool.
+aiohttp itself already closes a connection whose answer leaves bytes queued at the moment it is
+released; what it misses is the rest of the read that completed the answer, and an answer that
+comes while part of the request still waits in our send buffer. Both are closed here too.
 
 This leans on two private parts of aiohttp's connector (`_factory`, which makes the protocol of
 each new connection, and `_release`, which takes a connection back into the pool);
