@@ -15,5 +15,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Fields the transport sets itself: nothing else may put a value there.
-TRANSPORT_OWNED = frozenset({"host", "content-length"})
+# Fields the transport owns: it sets Host and Content-Length itself, and it sends a body whole
+# once it holds all of it, so an Expect: 100-continue would only make it wait for a 100 that
+# some upstreams never send.
+TRANSPORT_OWNED = frozenset({"host", "content-length", "expect"})

@@ -16,6 +16,7 @@ from yarl import URL
 
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse, end_to_end
+from .pool import GuardedConnector
 from .profile import Upstream
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class Transport:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self.ssl, limit=512, keepalive_timeout=30),
+                connector=GuardedConnector(self.upstream.name, ssl=self.ssl, limit=512, keepalive_timeout=30),
                 auto_decompress=False,
                 skip_auto_headers=NO_AUTO_HEADERS,
                 cookie_jar=aiohttp.DummyCookieJar(),
@@ -64,6 +65,8 @@ class Transport:
                     data=request.body or None,
                     allow_redirects=False,
                 ) as answer:
+                    if answer.status == 101:  # leaving the block closes the connection: aiohttp counts it upgraded
+                        raise self.unasked_switch()
                     body = await self.read_body(answer, request.method)
         except TimeoutError:
             raise  # an OSError too, but the caller's to report: it knows the timeout in force
@@ -83,6 +86,15 @@ class Transport:
         if _has_body(request.method, answer.status):
             headers["Content-Length"] = str(len(body))
         return UpstreamResponse(answer.status, answer.reason or "", headers, body)
+
+    def unasked_switch(self) -> AmbassadorError:
+        """A 101 answer: the ambassador never asks to switch protocols (Upgrade ends at this hop).
+
+        `upstream_error`, not `connect_error`: the exchange went through and the upstream
+        answered; sending the request again (as retries do for connect_error) gets the same answer.
+        """
+        name = self.upstream.name
+        return AmbassadorError("upstream_error", f"upstream {name} answered 101 Switching Protocols to a request that did not ask to switch", name)
 
     async def read_body(self, answer: aiohttp.ClientResponse, method: str) -> bytes:
         """The answer's body, refused beyond `max_body`: bodies are held in memory whole."""

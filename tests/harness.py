@@ -364,6 +364,97 @@ class RawUpstream:
         self.listener.close()
 
 
+class KeepAliveRawUpstream:
+    """A raw-socket HTTP/1.1 server on 127.0.0.1 serving any number of requests per connection,
+    each answered with the bytes `answer(request)` returns, misbehaviour included.
+
+    `answer` gets a `Received`. With `body_read=False` the answer comes right after the request's
+    head, before its body is read, and the rest is discarded until the peer closes. `send(index, data)` writes more on connection `index` later;
+    `closed[index]` is set once the ambassador closes that connection.
+    """
+
+    def __init__(self, answer, body_read: bool = True):
+        self.answer = answer
+        self.body_read = body_read
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.lock = threading.Lock()
+        self.connections: list[socket.socket] = []
+        self.closed: list[threading.Event] = []
+        self.received: list[Received] = []
+        self.answered = threading.Condition(self.lock)  # notified after each answer is sent
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    @property
+    def accepted(self) -> int:
+        with self.lock:
+            return len(self.connections)
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections.append(conn)
+                self.closed.append(threading.Event())
+                index = len(self.connections) - 1
+            threading.Thread(target=self.handle, args=(conn, index), daemon=True).start()
+
+    def handle(self, conn: socket.socket, index: int):
+        pending = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in pending:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    pending += chunk
+                head, _, pending = pending.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
+                req = Received(method, path, headers, b"")
+                if self.body_read:
+                    length = int(req.header("Content-Length") or 0)
+                    while len(pending) < length:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            return
+                        pending += chunk
+                    req.body, pending = pending[:length], pending[length:]
+                with self.lock:
+                    self.received.append(req)
+                conn.sendall(self.answer(req))
+                with self.answered:
+                    self.answered.notify_all()
+                if not self.body_read:  # answered early: the rest is discarded until the peer closes
+                    while conn.recv(65536):
+                        pass
+                    return
+        except OSError:
+            pass
+        finally:
+            self.closed[index].set()
+            conn.close()
+
+    def send(self, index: int, data: bytes) -> None:
+        with self.lock:
+            conn = self.connections[index]
+        conn.sendall(data)
+
+    def close(self):
+        self.listener.close()
+        with self.lock:
+            for conn in self.connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
 def raw_exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
     """Send raw bytes (what an HTTP client would refuse to send) and read until the peer closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
