@@ -16,9 +16,8 @@ listen address at its port, or a name in `allowed_hosts`). Like a browser, it co
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from itertools import chain
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from mitmproxy import http
 
@@ -36,9 +35,8 @@ CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 OTHER_SITE = frozenset({"cross-site", "same-site"})
 
 
-@dataclass(frozen=True, slots=True)
-class Arrival:
-    """What the gate judges of a request."""
+class Arrival(NamedTuple):
+    """What the gate judges of a request (a tuple: made for every request, cheaply)."""
 
     method: str
     scheme: str

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -24,7 +23,7 @@ def arrival(**changes) -> Arrival:
         fields=((b"Host", b"127.0.0.1:8080"), (b"Accept", b"*/*")),
         origin=None, fetch_site=None, listener=LISTENER, proxy_host=False,
     )
-    return dataclasses.replace(base, **changes)
+    return base._replace(**changes)
 
 
 def verdict(a: Arrival) -> tuple[str, int] | None:
