@@ -71,7 +71,7 @@ def origin_refusal(arrival: Arrival, own: bool, allowed_origins: frozenset[str])
     if arrival.origin is None:
         if fetch_site in OTHER_SITE:
             return AmbassadorError(
-                "not_allowed", f"browser requests from other sites (Sec-Fetch-Site: {fetch_site}) need an Origin listed in allowed_origins"
+                "not_allowed", f"browser requests from other sites (Sec-Fetch-Site: {fetch_site[:30]}) need an Origin listed in allowed_origins"
             )
         return None  # not a page's request: apps, curl and SDKs send neither header
     origin = normal_origin(arrival.origin)
