@@ -1,7 +1,9 @@
 """The auth stage: the ambassador owns the upstream's credentials and puts one on every attempt.
 
 A credential the client sent in the same place (the Authorization header, the named header,
-the named query parameter) is replaced, never forwarded. The stage notes the kind of
+the named query parameter) is replaced, never forwarded; so is a header whose name differs
+from the injected one only by case or `_` for `-`, which CGI-style frameworks read as the same
+variable (`X_Api_Key` and `X-Api-Key` are both HTTP_X_API_KEY). The stage notes the kind of
 credential (`notes["auth"]`) and the header as it may be shown (`notes["shown_headers"]`,
 e.g. "Bearer [redacted]"), which the Forwarder writes onto the flow instead of the secret.
 """
@@ -21,9 +23,28 @@ from .service import Handler, Stage
 REDACTED = "[redacted]"
 
 
+def lookalike(name: str) -> str:
+    """A header name as frameworks that read headers as variables see it."""
+    return name.lower().replace("_", "-")
+
+
+def carrying(request: UpstreamRequest, header: str, alike: str, value: str) -> UpstreamRequest:
+    """`request` with `header: value` instead of any client header whose `lookalike` is `alike`."""
+    carried = request.with_header(header, value)  # replaces the client's values of `header`
+    injected = header.lower()
+    # Names differing only in case are replaced already; the others differ by a `_`.
+    underscored = "_" in header
+    for name in {n for n in carried.headers if (underscored or "_" in n) and n.lower() != injected and lookalike(n) == alike}:
+        del carried.headers[name]  # a copy of the client's headers, made by with_header
+    return carried
+
+
 def show(request: UpstreamRequest, kind: str, header: str, shown: str) -> None:
     request.notes["auth"] = kind
     request.notes.setdefault("shown_headers", {})[header] = shown
+
+
+AUTHORIZATION = lookalike("Authorization")
 
 
 class HeaderCredential:
@@ -34,12 +55,13 @@ class HeaderCredential:
     def __init__(self, kind: str, header: str, value: str, shown: str):
         self.kind = kind
         self.header = header
+        self.alike = lookalike(header)
         self.value = value
         self.shown = shown
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
         show(request, self.kind, self.header, self.shown)
-        return await call_next(request.with_header(self.header, self.value))  # replaces the client's values
+        return await call_next(carrying(request, self.header, self.alike, self.value))
 
     def status(self) -> dict:
         return {"type": self.kind}
@@ -88,19 +110,19 @@ class OAuth2Credential:
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
         deadline = self.deadline_of(request)
         token = await self.tokens.token(deadline)
-        response = await call_next(self.carrying(request, token))
+        response = await call_next(self.with_token(request, token))
         if response.status != 401:
             return response
         # Revoked or expired early: the next token, then one more try with it.
         self.tokens.drop(token)
         request.notes["auth_renewed"] = True
         token = await self.tokens.token(deadline)
-        return await call_next(self.carrying(request, token))
+        return await call_next(self.with_token(request, token))
 
     @staticmethod
-    def carrying(request: UpstreamRequest, token: str) -> UpstreamRequest:
+    def with_token(request: UpstreamRequest, token: str) -> UpstreamRequest:
         show(request, "oauth2", "Authorization", f"Bearer {REDACTED}")
-        return request.with_header("Authorization", f"Bearer {token}")
+        return carrying(request, "Authorization", AUTHORIZATION, f"Bearer {token}")
 
     def status(self) -> dict:
         return {"type": "oauth2", **self.tokens.status()}

@@ -52,7 +52,7 @@ class Aggregates:
         if _handled(flow) or not gateway.profile.aggregates:
             return
         request = flow.request
-        if not addressed_to_ambassador(flow):
+        if not addressed_to_ambassador(flow, gateway.profile.allowed_hosts):
             return  # a proxy request (the Router answers it), not one for the ambassador itself
         found = self.table(gateway).match(_only_path(flow))
         if found is None:

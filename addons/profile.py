@@ -60,7 +60,7 @@ def _keys(allowed: str, required: str = "") -> Keys:
 
 # Section name (as in profiles/schema.json's $defs) -> its keys.
 SECTIONS: Mapping[str, Keys] = MappingProxyType({
-    "profile": _keys("upstreams aggregates state", "upstreams"),
+    "profile": _keys("upstreams aggregates state allowed_origins allowed_hosts", "upstreams"),
     "upstream": _keys("url match timeout tls auth cache breaker retry async soap", "url match"),
     "match": _keys("path_prefix host"),
     "tls": _keys("verify ca client_cert client_key"),
@@ -109,12 +109,33 @@ class UpstreamURL:
 
     @functools.cached_property  # asked for on every request (routing, cache keys)
     def origin(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        hostpart = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{hostpart}" + ("" if self.port == default else f":{self.port}")
+        return origin_text(self.scheme, self.host, self.port)
 
     def __str__(self) -> str:
         return self.origin + self.base_path
+
+
+def origin_text(scheme: str, host: str, port: int) -> str:
+    """scheme://host[:port] as browsers write an Origin: the default port left out."""
+    hostpart = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{hostpart}" + ("" if port == (443 if scheme == "https" else 80) else f":{port}")
+
+
+def normal_origin(raw: str) -> str | None:
+    """An origin (scheme://host[:port]) lower-case, its default port dropped; None for anything
+    else (`null`, a path, credentials, another scheme)."""
+    if any(c.isspace() or not c.isprintable() for c in raw):
+        return None
+    try:
+        parts = urlsplit(raw.lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment:
+        return None
+    if "@" in parts.netloc or port == 0 or raw.endswith(("?", "#")):
+        return None
+    return origin_text(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80))
 
 
 @dataclass(frozen=True)
@@ -264,6 +285,8 @@ class Profile:
     upstreams: Mapping[str, Upstream]
     aggregates: Mapping[str, Aggregate] = field(default_factory=lambda: MappingProxyType({}))
     state: str | None = None
+    allowed_origins: frozenset[str] = frozenset()  # normal_origin() forms
+    allowed_hosts: frozenset[str] = frozenset()  # lower-case names
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -558,6 +581,22 @@ def host_name(value: Any) -> str:
     return host
 
 
+def origin(value: Any) -> str:
+    raw = text(value)
+    found = normal_origin(raw)
+    if found is None:
+        raise InvalidValue(f"must be an origin like https://app.example.com or http://localhost:3000 (scheme://host[:port], no path), got {raw!r}")
+    return found
+
+
+def plain_host_name(value: Any) -> str:
+    """A host name without a port, lower-case (as requests are compared)."""
+    host = host_name(value)
+    if ":" in host:
+        raise InvalidValue(f"must be a host name without :port, got {str(value)!r}")
+    return host
+
+
 def redis_url(value: Any) -> str:
     raw = text(value)
     parts = urlsplit(raw)
@@ -567,6 +606,23 @@ def redis_url(value: Any) -> str:
 
 
 # --- sections ------------------------------------------------------------------------------
+
+
+def _read_list(r: _Reader, node: dict, key: str, convert: Callable[[Any], Any]) -> frozenset:
+    """A list of values, each problem reported at its index (`allowed_origins[1]`)."""
+    items = node.get(key)
+    if key not in node or items is None:
+        return frozenset()
+    if not isinstance(items, list):
+        r.problem(key, f"must be a list, got {_describe(items)}")
+        return frozenset()
+    converted = set()
+    for i, item in enumerate(items):
+        try:
+            converted.add(convert(r.substitute(item)))
+        except InvalidValue as e:
+            r.problem(f"{key}[{i}]", str(e))
+    return frozenset(converted)
 
 
 def _read_match(r: _Reader, node: Any, path: str) -> Match | None:
@@ -827,6 +883,8 @@ def parse_profile(document: Any, path: Path) -> Profile:
     if top is None:
         raise ProfileError(str(path), r.problems)
     state = r.value(top, "", "state", redis_url)
+    allowed_origins = _read_list(r, top, "allowed_origins", origin)
+    allowed_hosts = _read_list(r, top, "allowed_hosts", plain_host_name)
     upstreams: dict[str, Upstream] = {}
     raw_upstreams = top.get("upstreams")
     if "upstreams" in top:
@@ -847,6 +905,8 @@ def parse_profile(document: Any, path: Path) -> Profile:
         upstreams=MappingProxyType(upstreams),
         aggregates=MappingProxyType(aggregates),
         state=state,
+        allowed_origins=allowed_origins,
+        allowed_hosts=allowed_hosts,
     )
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+import unicodedata
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from .errors import AmbassadorError
 from .profile import ADMIN_PREFIX, Profile, Upstream
@@ -42,20 +44,56 @@ def is_local_name(host: str, listener_address: str) -> bool:
         return False
 
 
+def names_ambassador(host: str, port: int, listener: tuple[str, int], allowed_hosts: frozenset[str]) -> bool:
+    """A request for the ambassador itself: a local name at the port it listens on, or a name
+    the profile lists in `allowed_hosts` at any port (behind a container's port mapping the
+    client's port is not the listener's)."""
+    return (port == listener[1] and is_local_name(host, listener[0])) or host.lower().rstrip(".") in allowed_hosts
+
+
+# How many times a path is percent-decoded, looking for a stable form, before it is refused:
+# `%25252e` takes three. Each layer is one more decoder the path may meet on its way.
+MAX_DECODINGS = 8
+# Overlong UTF-8: `%c0%ae` is a '.' to lenient decoders, and no valid text.
+OVERLONG_UTF8 = re.compile(rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f]|\xf0[\x80-\x8f]")
+
+
 def check_no_dot_segments(path: str) -> None:
     """Refuse paths that could climb out of a prefix once the upstream decodes them.
 
-    Decoded twice (`%252e`), with `\\` as `/`, and with `;params` cut off each segment:
-    Tomcat, Jetty and Spring read `..;x` as `..`.
+    Read the way the most lenient decoder on the way might: percent-decoded until nothing
+    changes (`%252e`), NFKC-normalised (fullwidth dots), with `\\` as `/`, and with `;params`
+    cut off each segment (Tomcat, Jetty and Spring read `..;x` as `..`). Overlong UTF-8 and NUL
+    (which cuts a name short in C: `..%00`) are refused outright.
     """
     if not path.startswith("/"):
         raise AmbassadorError("bad_request", f"the request target must be a path, got {path[:50]!r}")
     only_path = path.split("?", 1)[0]
-    if "." not in only_path and "%" not in only_path:
-        return  # no dot segment, however read
-    decoded = unquote(unquote(only_path))
-    if any(segment.split(";", 1)[0] in (".", "..") for segment in decoded.replace("\\", "/").split("/")):
+    if "%" not in only_path and only_path.isascii():
+        if "." not in only_path:
+            return  # no dot segment, however read
+        text = only_path
+    else:
+        text = unicodedata.normalize("NFKC", fully_decoded(only_path).decode("utf-8", "replace"))
+    if any(segment.split(";", 1)[0] in (".", "..") for segment in text.replace("\\", "/").split("/")):
         raise AmbassadorError("bad_request", "path contains '.' or '..' segments")
+
+
+def fully_decoded(path: str) -> bytes:
+    """`path` percent-decoded until stable; AmbassadorError for what no honest client sends."""
+    data = path.encode("utf-8", "surrogateescape")  # mitmproxy's reading of raw bytes, undone
+    for _ in range(MAX_DECODINGS + 1):  # the last round finds it stable
+        decoded = unquote_to_bytes(data)
+        if decoded == data:
+            break
+        data = decoded
+    else:
+        raise AmbassadorError("bad_request", f"path is percent-encoded more than {MAX_DECODINGS} times over")
+    if b"\0" in data:
+        raise AmbassadorError("bad_request", "path contains a NUL byte (%00)")
+    if OVERLONG_UTF8.search(data):
+        raise AmbassadorError("bad_request", "path contains overlong UTF-8 (such as %c0%ae)")
+    return data
 
 
 class RouteTable:

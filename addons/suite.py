@@ -1,9 +1,10 @@
 """The mitmproxy addons: thin hooks around the plain-Python gateway.
 
-Order matters: `AdminEndpoints` answers `/_ambassador/...`, `Router` matches every other flow
-to an upstream (or refuses it), `Forwarder` performs the exchange through that upstream's
-service. Every flow gets a response from one of them, so mitmproxy itself never opens an
-upstream connection: the ambassador cannot be used as an open proxy.
+Order matters: `ClientGate` (client_gate.py) refuses what no app of ours sends,
+`AdminEndpoints` answers `/_ambassador/...`, `Router` matches every other flow to an upstream
+(or refuses it), `Forwarder` performs the exchange through that upstream's service. Every
+flow gets a response from one of them, so mitmproxy itself never opens an upstream
+connection: the ambassador cannot be used as an open proxy.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import sys
 import time
 import weakref
 from pathlib import Path
-from urllib.parse import urlsplit
 
 # Hooks register themselves in hooks.all_hooks when their module is imported: AmbassadorAddons
 # must see them all.
@@ -35,7 +35,7 @@ from .gateway import Gateway
 from .operations import AdminCommands, ConnectionLog, ExchangeObserver, MetricsEndpoint
 from .replay import Replay
 from .profile import ADMIN_PREFIX, PROFILES_DIR, Profile, ProfileError, load_profile, resolve_profile_name
-from .routing import Route, is_admin_path, is_local_name
+from .routing import Route, is_admin_path, names_ambassador
 from .service import UpstreamService
 
 log = logging.getLogger("ambassador")
@@ -170,35 +170,10 @@ def error_response(error: AmbassadorError) -> http.Response:
     return response
 
 
-def addressed_to_ambassador(flow: http.HTTPFlow) -> bool:
-    """A request for the ambassador itself rather than one through it as an HTTP proxy: it
-    names the listener's port and a local name for it (see routing.is_local_name)."""
-    address, port = flow.client_conn.sockname[:2]
-    return flow.request.port == port and is_local_name(flow.request.host, address)
-
-
-class AdminGate:
-    """Who may use `/_ambassador/...`: requests for the ambassador itself or for an upstream's
-    host, and no cross-site browser requests (a web page must not drive the batch endpoint
-    with the ambassador's credentials)."""
-
-    admin_only = True  # acts on `/_ambassador/...` requests only (see AmbassadorAddons)
-
-    def __init__(self, manager: ProfileManager):
-        self.manager = manager
-
-    def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live or not is_admin_path(flow.request.path):
-            return
-        request = flow.request
-        if not (addressed_to_ambassador(flow) or self.manager.gateway.routes.for_host(request.host, request.port)):
-            flow.response = error_response(
-                AmbassadorError("not_allowed", f"{ADMIN_PREFIX}/ is not served for host {request.host}:{request.port}")
-            )
-        elif (origin := request.headers.get("Origin")) and not is_local_name(urlsplit(origin).hostname or "", ""):
-            flow.response = error_response(
-                AmbassadorError("not_allowed", f"cross-site requests to {ADMIN_PREFIX}/ are refused (Origin: {origin[:100]})")
-            )
+def addressed_to_ambassador(flow: http.HTTPFlow, allowed_hosts: frozenset[str]) -> bool:
+    """A request for the ambassador itself rather than one through it as an HTTP proxy (see
+    routing.names_ambassador)."""
+    return names_ambassador(flow.request.host, flow.request.port, flow.client_conn.sockname[:2], allowed_hosts)
 
 
 class AdminEndpoints:
@@ -260,7 +235,7 @@ class Router:
             upstream = gateway.routes.for_host(request.host, request.port)
             if upstream:
                 route = gateway.routes.for_proxy(upstream, request.path)
-            elif addressed_to_ambassador(flow):
+            elif addressed_to_ambassador(flow, gateway.profile.allowed_hosts):
                 route = gateway.routes.for_path(request.path)
             else:
                 raise AmbassadorError(
@@ -443,8 +418,10 @@ def _call_in_turn(first: list, last: list):
 def make_addons() -> list:
     """The addons in hook order (NoDirectUpstream and ExchangeObserver follow them, see
     AmbassadorAddons). Addons answering other `/_ambassador/...` paths go before
-    AdminEndpoints; addons acting on routed flows go between Router and Forwarder."""
-    from .compose import Aggregates, Batch, JobEndpoint, RespondAsync  # they build on this module
+    AdminEndpoints; addons acting on routed flows go between Router and Forwarder. ClientGate
+    acts first, at the header block, on every request."""
+    from .client_gate import ClientGate  # these build on this module
+    from .compose import Aggregates, Batch, JobEndpoint, RespondAsync
     from .jobs import Jobs
 
     manager = ProfileManager()
@@ -453,7 +430,7 @@ def make_addons() -> list:
         manager,
         SidecarDefaults(),
         Replay(manager),
-        AdminGate(manager),
+        ClientGate(manager),
         MetricsEndpoint(),
         Aggregates(manager),
         Batch(manager),

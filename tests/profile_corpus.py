@@ -125,6 +125,11 @@ VALID = [
     Valid("size-in-bytes", profile("cache: {max_bytes: 1048576, store: 'sqlite:cache/db.sqlite'}\n")),
     Valid("no-aggregates-listed", profile(top="aggregates:\n")),
     Valid(
+        "allowed-origins-and-hosts",
+        profile(top=f'allowed_origins: [https://app.example.com, "HTTP://Localhost:3000", "${{{UNSET_VAR}:-http://[::1]:8080}}"]\nallowed_hosts: [ambassador.internal, 10.0.0.5]\n'),
+    ),
+    Valid("empty-allowed-lists", profile(top="allowed_origins: []\nallowed_hosts:\n")),
+    Valid(
         "yaml-merge-keys-may-override",
         """\
 upstreams:
@@ -141,6 +146,12 @@ INVALID = [
     Invalid("no-upstreams", "state: redis://127.0.0.1:6379/0\n", "upstreams", "is required"),
     Invalid("no-upstream-in-upstreams", "upstreams: {}\n", "upstreams", "must map one or more upstream names"),
     Invalid("unknown-top-level-key", profile(top="upstream: {}\n"), "upstream", "unknown key (did you mean 'upstreams'?)"),
+    Invalid("allowed-origins-not-a-list", profile(top="allowed_origins: https://app.example.com\n"), "allowed_origins", "must be a list"),
+    Invalid("allowed-origin-with-path", profile(top="allowed_origins: [https://a.example.com, https://b.example.com/app]\n"), "allowed_origins[1]", "must be an origin like"),
+    Invalid("allowed-origin-null", profile(top="allowed_origins: ['null']\n"), "allowed_origins[0]", "must be an origin like"),
+    Invalid("allowed-origin-other-scheme", profile(top="allowed_origins: ['file://x']\n"), "allowed_origins[0]", "must be an origin like"),
+    Invalid("allowed-host-with-port", profile(top="allowed_hosts: [a.internal, 'b.internal:8080']\n"), "allowed_hosts[1]", "must be a host name without :port"),
+    Invalid("allowed-host-not-a-name", profile(top="allowed_hosts: ['bad host!']\n"), "allowed_hosts[0]", "must be a host name"),
     Invalid("state-not-redis", profile(top="state: http://127.0.0.1:6379\n"), "state", "must be a redis://host:port/db URL"),
     # an upstream
     Invalid("bad-upstream-name", profile().replace("billing:", "Billing:"), "upstreams.Billing", "upstream names must match [a-z0-9][a-z0-9_-]*"),

@@ -59,3 +59,17 @@ def test_query_credential_notes_the_kind_and_no_secret():
     notes, (path, _) = run_stage(QueryAuth("key", "s3cr3t"))
     assert path == "/p?a=1&key=s3cr3t"
     assert notes == {"auth": "query"}
+
+
+@pytest.mark.parametrize(
+    "policy, header, injected, client",
+    [
+        (HeaderAuth("X-Api-Key", "k3y"), "X-Api-Key", "k3y", ["X_Api_Key", "x_api_key", "X-API_KEY", "x-api-key"]),
+        (HeaderAuth("X_Api_Key", "k3y"), "X_Api_Key", "k3y", ["X-Api-Key", "x_API_key"]),
+        (BearerAuth("t0k"), "Authorization", "Bearer t0k", ["authorization", "AUTHORIZATION"]),
+    ],
+)
+def test_client_headers_that_read_as_the_credential_header_are_dropped(policy, header, injected, client):
+    _, (_, headers) = run_stage(policy, headers=[*((name, "client-value") for name in client), ("X_Other_Key", "kept"), ("Accept", "*/*")])
+    assert [(k, v) for k, v in headers.items() if k.lower().replace("_", "-") == header.lower().replace("_", "-")] == [(header, injected)]
+    assert headers["X_Other_Key"] == "kept" and headers["Accept"] == "*/*"

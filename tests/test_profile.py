@@ -32,6 +32,8 @@ from addons.profile import (
     integer,
     load_profile,
     method_list,
+    normal_origin,
+    origin,
     parse_profile,
     path_prefix,
     positive_duration,
@@ -492,3 +494,32 @@ def test_redis_urls():
     for bad in ("http://h", "redis://", "127.0.0.1:6379"):
         with pytest.raises(InvalidValue, match="must be a redis://host:port/db URL"):
             redis_url(bad)
+
+
+def test_allowed_origins_and_hosts_are_normalised(folder):
+    loaded = parse_profile(
+        {
+            "upstreams": {"billing": {"url": "http://127.0.0.1:9", "match": {"path_prefix": "/b"}}},
+            "allowed_origins": ["HTTPS://App.Example.com:443", "http://localhost:80", "http://[::1]:3000", "https://x.example:8443"],
+            "allowed_hosts": ["Ambassador.Internal"],
+        },
+        folder / "p.yaml",
+    )
+    assert loaded.allowed_origins == {"https://app.example.com", "http://localhost", "http://[::1]:3000", "https://x.example:8443"}
+    assert loaded.allowed_hosts == {"ambassador.internal"}
+    assert isinstance(loaded.allowed_origins, frozenset) and isinstance(loaded.allowed_hosts, frozenset)
+
+
+def test_without_allowed_lists_nothing_is_allowed_beyond_the_ambassador_itself(folder):
+    loaded = parse_profile({"upstreams": {"b": {"url": "http://127.0.0.1:9", "match": {"path_prefix": "/b"}}}}, folder / "p.yaml")
+    assert loaded.allowed_origins == frozenset() and loaded.allowed_hosts == frozenset()
+
+
+@pytest.mark.parametrize("raw", [
+    "null", "", "https://", "https://a.example/", "https://a.example/x", "https://a.example?x", "https://a.example#",
+    "https://u@a.example", "ftp://a.example", "https://a.example:0", "https://a.example:99999", "https://a b", "https://a\x00b",
+])
+def test_what_is_not_an_origin(raw):
+    assert normal_origin(raw) is None
+    with pytest.raises(InvalidValue):
+        origin(raw)
