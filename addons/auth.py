@@ -13,14 +13,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 from typing import Callable
-from urllib.parse import quote, unquote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
-from .exchange import UpstreamRequest, UpstreamResponse
+from .exchange import REDACTED, UpstreamRequest, UpstreamResponse
 from .oauth import TokenEndpoint, TokenManager
 from .profile import BasicAuth, BearerAuth, HeaderAuth, OAuth2ClientCredentials, QueryAuth, Upstream
 from .service import Handler, Stage
 
-REDACTED = "[redacted]"
 
 
 def lookalike(name: str) -> str:
@@ -52,12 +51,13 @@ class HeaderCredential:
 
     name = "auth"
 
-    def __init__(self, kind: str, header: str, value: str, shown: str):
+    def __init__(self, kind: str, header: str, value: str, shown: str, forms: tuple[str, ...]):
         self.kind = kind
         self.header = header
         self.alike = lookalike(header)
         self.value = value
         self.shown = shown
+        self.forms = forms  # the secret as it may appear in text (see secret_forms)
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
         show(request, self.kind, self.header, self.shown)
@@ -65,6 +65,13 @@ class HeaderCredential:
 
     def status(self) -> dict:
         return {"type": self.kind}
+
+    def secret_forms(self) -> tuple[str, ...]:
+        """The secret in each form it takes in text, longest first: what redaction replaces."""
+        return self.forms
+
+    def without_credential(self, path: str) -> str:
+        return path
 
 
 class QueryCredential:
@@ -78,6 +85,7 @@ class QueryCredential:
     def __init__(self, parameter: str, value: str):
         self.parameter = parameter
         self.pair = f"{quote(parameter, safe='')}={quote(value, safe='')}"
+        self.forms = forms_of(value, quote(value, safe=""), quote_plus(value))
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
         request.notes["auth"] = "query"
@@ -85,6 +93,20 @@ class QueryCredential:
 
     def status(self) -> dict:
         return {"type": "query"}
+
+    def secret_forms(self) -> tuple[str, ...]:
+        return self.forms
+
+    def without_credential(self, path: str) -> str:
+        """`path` as the client's request had it here, without the injected parameter."""
+        only_path, _, query = path.partition("?")
+        kept = [p for p in query.split("&") if p and unquote_plus(p.partition("=")[0]) != self.parameter]
+        return f"{only_path}?{'&'.join(kept)}" if kept else only_path
+
+
+def forms_of(*forms: str) -> tuple[str, ...]:
+    """Distinct, non-empty, longest first: a longer form is replaced before a part of it."""
+    return tuple(sorted({f for f in forms if f}, key=len, reverse=True))
 
 
 def with_query_parameter(path: str, name: str, pair: str) -> str:
@@ -109,14 +131,14 @@ class OAuth2Credential:
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
         deadline = self.deadline_of(request)
-        token = await self.tokens.token(deadline)
+        token = await self.tokens.token(deadline, request.observer)
         response = await call_next(self.with_token(request, token))
         if response.status != 401:
             return response
         # Revoked or expired early: the next token, then one more try with it.
         self.tokens.drop(token)
         request.notes["auth_renewed"] = True
-        token = await self.tokens.token(deadline)
+        token = await self.tokens.token(deadline, request.observer)
         return await call_next(self.with_token(request, token))
 
     @staticmethod
@@ -127,6 +149,12 @@ class OAuth2Credential:
     def status(self) -> dict:
         return {"type": "oauth2", **self.tokens.status()}
 
+    def secret_forms(self) -> tuple[str, ...]:
+        return self.tokens.secret_forms()
+
+    def without_credential(self, path: str) -> str:
+        return path
+
     async def close(self) -> None:
         await self.tokens.close()
 
@@ -136,12 +164,13 @@ def auth_stage(upstream: Upstream, deadline_of: Callable[[UpstreamRequest], floa
     (no line breaks, usable header names, RFC 7617)."""
     match upstream.auth:
         case BearerAuth(token):
-            return HeaderCredential("bearer", "Authorization", f"Bearer {token}", f"Bearer {REDACTED}")
+            return HeaderCredential("bearer", "Authorization", f"Bearer {token}", f"Bearer {REDACTED}", forms_of(token))
         case BasicAuth(username, password):
             pair = base64.b64encode(f"{username}:{password}".encode()).decode()
-            return HeaderCredential("basic", "Authorization", f"Basic {pair}", f"Basic {REDACTED}")
+            forms = forms_of(pair, f"{username}:{password}", password)
+            return HeaderCredential("basic", "Authorization", f"Basic {pair}", f"Basic {REDACTED}", forms)
         case HeaderAuth(header, value):
-            return HeaderCredential("header", header, value, REDACTED)
+            return HeaderCredential("header", header, value, REDACTED, forms_of(value))
         case QueryAuth(parameter, value):
             return QueryCredential(parameter, value)
         case OAuth2ClientCredentials() as policy:
@@ -149,6 +178,6 @@ def auth_stage(upstream: Upstream, deadline_of: Callable[[UpstreamRequest], floa
             # client certificate): it is usually the same partner. But the client secret only
             # ever goes to a verified endpoint: `tls.verify: false` is not followed there.
             tls = dataclasses.replace(upstream.tls, verify=True).context() if policy.token_url.startswith("https:") else False
-            endpoint = TokenEndpoint(policy, tls)
+            endpoint = TokenEndpoint(policy, tls, upstream.name)
             return OAuth2Credential(TokenManager(upstream.name, endpoint, upstream.timeout), deadline_of)
     raise TypeError(f"unknown auth policy {upstream.auth!r}")

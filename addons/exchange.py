@@ -7,6 +7,7 @@ Direct requests, aggregate parts, batch items and async jobs all become an
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,6 +17,8 @@ from .errors import AmbassadorError
 from .fields import HOP_BY_HOP, TRANSPORT_OWNED
 from .profile import duration
 from .routing import Route
+
+REDACTED = "[redacted]"  # what is shown and stored in place of a secret
 
 def end_to_end(headers: CIMultiDict[str], *also_drop: str) -> CIMultiDict[str]:
     """The headers without hop-by-hop fields, those named in Connection, and `also_drop`."""
@@ -40,6 +43,9 @@ class UpstreamRequest:
     started: float = field(default_factory=time.monotonic)
     # What the ambassador did (attempts, cache result...), for headers, logs and mitmweb.
     notes: dict[str, Any] = field(default_factory=dict)
+    # Told of each exchange made with the network for this request (tries, token fetches), as
+    # it ends: mitmweb shows each as a flow of its own. Shared by all copies, like `notes`.
+    observer: Callable[[UpstreamExchange], None] | None = None
 
 
     def with_header(self, name: str, value: str) -> UpstreamRequest:
@@ -62,6 +68,24 @@ class UpstreamResponse:
     reason: str
     headers: CIMultiDict[str]
     body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamExchange:
+    """One exchange with the network as it went over the wire: a try of a request, or a token
+    fetch made for it. `headers` and `body` are as sent, credentials included: whoever shows
+    them redacts them first (`UpstreamService.redact`)."""
+
+    kind: str  # "try" or "token"
+    upstream: str
+    method: str
+    url: str
+    headers: CIMultiDict[str]
+    body: bytes
+    started: float  # time.time()
+    ended: float
+    response: UpstreamResponse | None = None
+    error: str | None = None  # why no response came
 
 
 def client_request(method: str, route: Route, headers: CIMultiDict[str], body: bytes) -> UpstreamRequest:

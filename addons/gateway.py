@@ -34,7 +34,7 @@ class Gateway:
         """Answer from `recording` instead of the upstreams (None: contact them again)."""
         self.replay = recording
         for service in self.services.values():
-            service.replay = recording
+            service.set_replay(recording)
 
     def set_body_limit(self, limit: int | None) -> None:
         for service in self.services.values():

@@ -20,12 +20,16 @@ import random
 import re
 import ssl
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import quote_plus, urlencode
+from urllib.parse import quote, quote_plus, urlencode
 
 import aiohttp
+from multidict import CIMultiDict
 
 from .errors import AmbassadorError
+from .exchange import UpstreamExchange, UpstreamResponse
 from .metrics import TOKEN_FETCHES
 from .profile import OAuth2ClientCredentials
 from .transport import tls_failure
@@ -42,6 +46,7 @@ BACKOFF_MAX = 2.0
 # asking again cannot help, and hammering an identity provider can lock the client out.
 REFUSALS = frozenset({400, 401, 403})
 DETAIL_MAX = 200
+RECENT_TOKENS = 4  # tokens obtained that redaction still recognises (requests in flight may carry older ones)
 TOKEN_RE = re.compile(r"[\x21-\x7e]+\Z")  # visible ASCII: fits an Authorization header as it is
 
 
@@ -132,20 +137,30 @@ class TokenEndpoint:
     form-urlencoded first (RFC 6749 section 2.3.1); `body` sends them as form fields.
     """
 
-    def __init__(self, policy: OAuth2ClientCredentials, ssl_context: ssl.SSLContext | bool):
+    def __init__(self, policy: OAuth2ClientCredentials, ssl_context: ssl.SSLContext | bool, upstream: str = ""):
         self.url = policy.token_url
+        self.upstream = upstream
         self.ssl = ssl_context
         form = {"grant_type": "client_credentials"}
         if policy.scope:
             form["scope"] = policy.scope
         self.headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+        secret = policy.client_secret
+        self.secrets = {secret, quote_plus(secret), quote(secret, safe="")}
         if policy.auth_style == "basic":
             pair = f"{quote_plus(policy.client_id)}:{quote_plus(policy.client_secret)}"
             self.headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+            self.secrets.add(self.headers["Authorization"].removeprefix("Basic "))
         else:
             form.update(client_id=policy.client_id, client_secret=policy.client_secret)
         self.form = urlencode(form).encode()
+        self.tokens: deque[str] = deque(maxlen=RECENT_TOKENS)  # the last ones obtained, for redaction
         self._session: aiohttp.ClientSession | None = None
+
+    def secret_forms(self) -> tuple[str, ...]:
+        """The client secret in each form it is sent in, and the tokens obtained lately: what
+        redaction replaces (longest first)."""
+        return tuple(sorted({*self.secrets, *self.tokens} - {""}, key=len, reverse=True))
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -156,21 +171,38 @@ class TokenEndpoint:
             )
         return self._session
 
-    async def request(self, timeout: float) -> Token:
-        sent_at = time.monotonic()
+    async def request(self, timeout: float, observer: Callable[[UpstreamExchange], None] | None = None) -> Token:
+        """One token request; `observer` is told of the exchange (see UpstreamRequest.observer)."""
+        sent_at, started = time.monotonic(), time.time()
+        answer = problem = None
         try:
-            async with asyncio.timeout(timeout):
-                async with self.session().post(self.url, data=self.form, headers=self.headers, allow_redirects=False) as answer:
-                    body = await answer.read()
-        except TimeoutError:
-            raise TokenError(f"did not answer within {timeout:.3g}s") from None
-        except (aiohttp.ClientError, OSError) as e:
-            if problem := tls_failure(e):
-                raise TokenError(f"TLS handshake failed: {problem}") from None
-            if isinstance(e, aiohttp.ClientConnectorError):
-                raise TokenError(f"cannot connect: {e.os_error.strerror or e}") from None
-            raise TokenError(f"broke off the exchange: {type(e).__name__}") from None
-        return parse_token_answer(answer.status, body, sent_at)
+            try:
+                async with asyncio.timeout(timeout):
+                    async with self.session().post(self.url, data=self.form, headers=self.headers, allow_redirects=False) as got:
+                        body = await got.read()
+                        answer = UpstreamResponse(got.status, got.reason or "", CIMultiDict(got.headers), body)
+            except TimeoutError:
+                raise TokenError(f"did not answer within {timeout:.3g}s") from None
+            except (aiohttp.ClientError, OSError) as e:
+                if problem := tls_failure(e):
+                    raise TokenError(f"TLS handshake failed: {problem}") from None
+                if isinstance(e, aiohttp.ClientConnectorError):
+                    raise TokenError(f"cannot connect: {e.os_error.strerror or e}") from None
+                raise TokenError(f"broke off the exchange: {type(e).__name__}") from None
+            token = parse_token_answer(answer.status, answer.body, sent_at)
+            self.tokens.append(token.value)
+            return token
+        except TokenError as e:
+            problem = str(e)
+            raise
+        finally:
+            if observer is not None:
+                observer(
+                    UpstreamExchange(
+                        "token", self.upstream, "POST", self.url, CIMultiDict(self.headers), self.form,
+                        started, time.time(), answer, problem,
+                    )
+                )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -193,15 +225,16 @@ class TokenManager:
         self.failures = 0
         self.last_error: str | None = None
 
-    async def token(self, deadline: float) -> str:
-        """A token that has not expired; raises AmbassadorError(auth_failed) by `deadline`."""
+    async def token(self, deadline: float, observer: Callable[[UpstreamExchange], None] | None = None) -> str:
+        """A token that has not expired; raises AmbassadorError(auth_failed) by `deadline`.
+        `observer` is told of the token requests made because of this call."""
         now = time.monotonic()
         current = self.current
         if current is not None and current.usable(now):
             if current.due(now):
-                self._fetching()  # renew in the background; this one is still good
+                self._fetching(observer)  # renew in the background; this one is still good
             return current.value
-        fetch = self._fetching()
+        fetch = self._fetching(observer)
         try:
             async with asyncio.timeout(deadline - now):
                 # shield: a request that gives up does not cancel the fetch the others wait for
@@ -219,9 +252,9 @@ class TokenManager:
         if self.current is not None and self.current.value == value:
             self.current = None
 
-    def _fetching(self) -> asyncio.Task:
+    def _fetching(self, observer: Callable[[UpstreamExchange], None] | None) -> asyncio.Task:
         if self.fetch is None:
-            self.fetch = asyncio.get_running_loop().create_task(self._fetch())
+            self.fetch = asyncio.get_running_loop().create_task(self._fetch(observer))
             self.fetch.add_done_callback(self._fetched)
         return self.fetch
 
@@ -230,13 +263,13 @@ class TokenManager:
         if not task.cancelled():
             task.exception()  # a background renewal's failure is logged and counted in _fetch
 
-    async def _fetch(self) -> Token:
+    async def _fetch(self, observer: Callable[[UpstreamExchange], None] | None) -> Token:
         deadline = time.monotonic() + self.timeout
         attempt = 0
         while True:
             self.fetches += 1
             try:
-                token = await self.endpoint.request(deadline - time.monotonic())
+                token = await self.endpoint.request(deadline - time.monotonic(), observer)
             except TokenError as e:
                 self.failures += 1
                 self.last_error = str(e)
@@ -257,6 +290,9 @@ class TokenManager:
     def _failed(self, problem: str) -> AmbassadorError:
         name = self.upstream_name
         return AmbassadorError("auth_failed", f"upstream {name}: no token from {self.endpoint.url}: {problem}", name)
+
+    def secret_forms(self) -> tuple[str, ...]:
+        return self.endpoint.secret_forms()
 
     def status(self) -> dict:
         expires_in = None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from .errors import AmbassadorError
-from .exchange import UpstreamRequest, UpstreamResponse
+from .exchange import REDACTED, UpstreamExchange, UpstreamRequest, UpstreamResponse
 from .profile import Upstream
 from .replay import Recording
 from .transport import Transport
@@ -77,6 +77,7 @@ class UpstreamService:
         self.inflight = 0
         self.retired = False
         self.replay: Recording | None = None  # replaying a recording: the upstream is never contacted
+        self.chain = self.stages  # the stages a request passes (see set_replay)
         self.stages_to_close = [s for s in self.stages if hasattr(s, "close")]
 
     def stage(self, name: str) -> Stage | None:
@@ -96,7 +97,31 @@ class UpstreamService:
         return AmbassadorError("timeout", f"upstream {name} did not answer within {timeout_of(self.upstream, request):.3g}s", name)
 
     async def send_once(self, request: UpstreamRequest) -> UpstreamResponse:
-        """One exchange with the upstream, bounded by what is left of the request's timeout."""
+        """One exchange with the upstream (or the recording), bounded by what is left of the
+        request's timeout, told to the request's observer when it ends."""
+        if request.observer is None:
+            return await self._exchange(request)
+        started, response, problem = time.time(), None, None
+        try:
+            response = await self._exchange(request)
+            return response
+        except AmbassadorError as e:
+            problem = e.message
+            raise
+        except asyncio.CancelledError:
+            problem = "cancelled: its answer was no longer needed"
+            raise
+        finally:
+            request.observer(
+                UpstreamExchange(
+                    "try", self.upstream.name, request.method, self.transport.origin + request.path,
+                    request.headers, request.body, started, time.time(), response, problem,
+                )
+            )
+
+    async def _exchange(self, request: UpstreamRequest) -> UpstreamResponse:
+        if self.replay is not None:
+            return self.replayed(request)
         remaining = self.deadline_of(request) - time.monotonic()
         if remaining <= 0:
             raise self.timeout_error(request)
@@ -106,11 +131,9 @@ class UpstreamService:
             raise self.timeout_error(request) from None
 
     async def handle(self, request: UpstreamRequest) -> UpstreamResponse:
-        if self.replay is not None:  # before the stages: a token endpoint is network too
-            return self.replayed(request)
         self.inflight += 1
         try:
-            response = await self._run(0, request)
+            response = await self._run(self.chain, 0, request)
         except AmbassadorError as e:
             self.stats.errors[e.reason] += 1
             raise
@@ -121,19 +144,35 @@ class UpstreamService:
         self.stats.responses[response.status] += 1
         return response
 
+    def set_replay(self, recording: Recording | None) -> None:
+        """Answer from `recording` instead of the upstream (None: contact it again). The stages
+        still run, so the answer reports what happened in replay (cache, breaker, tries); all but
+        auth: no credential is needed offline, and a token endpoint is network too."""
+        self.replay = recording
+        self.chain = self.stages if recording is None else [s for s in self.stages if s.name != "auth"]
+
     def replayed(self, request: UpstreamRequest) -> UpstreamResponse:
         answer = self.replay.answer(self.upstream.name, request)
         if answer is None:
-            self.stats.errors["not_recorded"] += 1
             raise AmbassadorError("not_recorded", f"no recorded response for {request.method} {request.path}", self.upstream.name)
         request.notes["replayed"] = True
-        self.stats.responses[answer.status] += 1
         return answer
 
-    def _run(self, index: int, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
-        if index == len(self.stages):
+    def redact(self, text: str) -> str:
+        """`text` with every form of this upstream's secrets replaced by `[redacted]`."""
+        for form in self.secret_forms():
+            if form in text:
+                text = text.replace(form, REDACTED)
+        return text
+
+    def secret_forms(self) -> list[str]:
+        auth = self.stage("auth")
+        return auth.secret_forms() if auth is not None else []
+
+    def _run(self, chain: list[Stage], index: int, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
+        if index == len(chain):
             return self.send_once(request)
-        return self.stages[index](request, lambda r: self._run(index + 1, r))
+        return chain[index](request, lambda r: self._run(chain, index + 1, r))
 
     def retire(self) -> None:
         """A new profile replaced this service: close its connections once in-flight requests end."""

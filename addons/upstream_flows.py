@@ -1,0 +1,142 @@
+"""Every exchange the ambassador makes with the network, as a flow of its own.
+
+A client's request is one flow; the exchanges behind it (each try, each token fetch, each
+aggregate part and batch item, an async job's call) are what a person opens mitmweb to see:
+the request that really went out (the upstream's URL, its headers with secrets redacted), the
+answer of a failed try, the token endpoint's answer. `UpstreamFlows` gives each its own flow
+in the flow list (mitmweb, the console) and in recordings (`./run.sh record`), linked both ways
+with the client's flow: the child's `metadata["ambassador"]["client_flow"]` and comment name the
+client flow, and the client flow's metadata lists its children's ids (`exchanges`).
+
+Child flows are not live (`flow.live` is False) and come with a response or an error already:
+mitmproxy's other addons see them through the master's `response`/`error` hooks, as they see a
+flow loaded from a file; an addon script that should leave them alone checks `flow.live`.
+
+Making a flow per exchange costs time on every request; option `ambassador_upstream_flows`:
+`auto` (the default) makes them where someone can look at them (a flow list: mitmweb, the
+console) or keep them (`save_stream_file`, so under `./run.sh record`), `on` always, `off` never.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from mitmproxy import connection, ctx, exceptions, flow, http
+from mitmproxy.proxy.layers.http import HttpErrorHook, HttpResponseHook
+
+from .exchange import UpstreamExchange
+
+MODES = ("auto", "on", "off")
+
+Redact = Callable[[str], str]
+
+
+def wanted(mode: str, has_flow_list: bool, saving: bool) -> bool:
+    return mode == "on" or (mode == "auto" and (has_flow_list or saving))
+
+
+def child_flow(exchange: UpstreamExchange, redact: Redact, client_flow: http.HTTPFlow | None) -> http.HTTPFlow:
+    """The exchange as a mitmproxy flow, every secret in it redacted."""
+    url = redact(exchange.url)
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    client = connection.Client(
+        peername=client_flow.client_conn.peername if client_flow else ("127.0.0.1", 0),
+        sockname=client_flow.client_conn.sockname if client_flow else ("127.0.0.1", 0),
+        timestamp_start=exchange.started,
+    )
+    server = connection.Server(address=(parts.hostname or "", port), timestamp_start=exchange.started)
+    child = http.HTTPFlow(client, server, live=False)
+    child.request = http.Request.make(
+        exchange.method,
+        url,
+        redact_bytes(exchange.body, redact),
+        [(k.encode("latin-1"), redact(v).encode("latin-1")) for k, v in exchange.headers.items()],
+    )
+    child.request.timestamp_start = child.request.timestamp_end = exchange.started
+    if exchange.response is not None:
+        answer = exchange.response
+        child.response = http.Response.make(
+            answer.status,
+            redact_bytes(answer.body, redact),
+            [(k.encode("latin-1"), redact(v).encode("latin-1")) for k, v in answer.headers.items()],
+        )
+        child.response.reason = answer.reason
+        child.response.timestamp_start = child.response.timestamp_end = exchange.ended
+    else:
+        child.error = flow.Error(exchange.error or "no answer", timestamp=exchange.ended)
+    return child
+
+
+def redact_bytes(body: bytes, redact: Redact) -> bytes:
+    if not body:
+        return body
+    # latin-1 maps every byte to one character and back: binary bodies survive unchanged.
+    return redact(body.decode("latin-1")).encode("latin-1")
+
+
+def describe(exchange: UpstreamExchange, number: int, client_flow_id: str | None) -> str:
+    what = "token fetch" if exchange.kind == "token" else f"try {number}"
+    outcome = f"{exchange.response.status}" if exchange.response is not None else f"failed: {exchange.error}"
+    parts = [f"upstream {exchange.upstream}", f"{what}: {outcome}", f"{(exchange.ended - exchange.started) * 1000:.0f}ms"]
+    if client_flow_id:
+        parts.append(f"for client flow {client_flow_id}")
+    return " · ".join(parts)
+
+
+class UpstreamFlows:
+    def __init__(self) -> None:
+        self.enabled = False
+        self.pending: set[asyncio.Task] = set()
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "ambassador_upstream_flows",
+            str,
+            "auto",
+            "Show each upstream exchange (try, token fetch, part, item, job) as a flow of its own: "
+            "auto (where there is a flow list or a recording), on, off.",
+            choices=MODES,
+        )
+
+    def configure(self, updated) -> None:
+        if {"ambassador_upstream_flows", "save_stream_file"} & set(updated):
+            mode = ctx.options.ambassador_upstream_flows
+            if mode not in MODES:
+                raise exceptions.OptionsError(f"ambassador_upstream_flows must be one of {', '.join(MODES)}")
+            saving = bool(ctx.options.save_stream_file) if "save_stream_file" in ctx.options else False
+            self.enabled = wanted(mode, ctx.master.addons.get("view") is not None, saving)
+
+    def observer(self, client_flow: http.HTTPFlow | None, redact: Redact) -> Callable[[UpstreamExchange], None] | None:
+        """What to tell of each exchange made for `client_flow` (None: nothing, flows are off)."""
+        if not self.enabled:
+            return None
+        count = {"try": 0}
+
+        def observe(exchange: UpstreamExchange) -> None:
+            if exchange.kind == "try":
+                count["try"] += 1
+            self.add(child_flow(exchange, redact, client_flow), exchange, count["try"], client_flow)
+
+        return observe
+
+    def add(self, child: http.HTTPFlow, exchange: UpstreamExchange, number: int, client_flow: http.HTTPFlow | None) -> None:
+        notes = {"upstream": exchange.upstream, "exchange": exchange.kind, "try": number}
+        if client_flow is not None:
+            notes["client_flow"] = client_flow.id
+            client_flow.metadata.setdefault("ambassador", {}).setdefault("exchanges", []).append(child.id)
+        child.metadata["ambassador"] = notes
+        child.comment = describe(exchange, number, client_flow.id if client_flow else None)
+        child.marked = ":arrow_right:" if exchange.response is not None and exchange.response.status < 500 else ":x:"
+        if ctx.master.addons.get("view") is not None:
+            ctx.master.commands.call("view.flows.add", [child])
+        # What mitmproxy's own addons (save, dump, the flow list) see of a finished flow.
+        event = HttpResponseHook(child) if child.response is not None else HttpErrorHook(child)
+        task = asyncio.get_running_loop().create_task(ctx.master.addons.handle_lifecycle(event))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def done(self) -> None:
+        await asyncio.gather(*self.pending, return_exceptions=True)
