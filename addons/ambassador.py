@@ -442,7 +442,8 @@ def make_addons() -> list:
     """The addons in hook order (NoDirectUpstream and ExchangeObserver follow them, see
     AmbassadorAddons). Addons answering other `/_ambassador/...` paths go before
     AdminEndpoints; addons acting on routed flows go between Router and Forwarder."""
-    from .compose import Aggregates, Batch, JobEndpoint, RespondAsync  # they build on this module
+    from .client_limits import ClientLimits  # they build on this module
+    from .compose import Aggregates, Batch, JobEndpoint, RespondAsync
     from .jobs import Jobs
 
     manager = ProfileManager()
@@ -460,4 +461,5 @@ def make_addons() -> list:
         Forwarder(),
         ConnectionLog(),
         AdminCommands(manager),
+        ClientLimits(),
     ]
