@@ -220,7 +220,7 @@ class BoundedChunkedReader(ChunkedReader):
     def __call__(self, buf: ReceiveBuffer):
         event = super().__call__(buf)
         if event is None and len(buf) > self.max_bytes:
-            raise h11.ProtocolError(f"chunk framing or trailers over {self.max_bytes} bytes")
+            raise h11.RemoteProtocolError(f"chunk framing or trailers over {self.max_bytes} bytes")
         if isinstance(event, h11.EndOfMessage) and event.headers:
             event = h11.EndOfMessage()
         return event
