@@ -1,4 +1,4 @@
-"""Bounds on what an HTTP/1 client may send before its request is a request.
+"""Bounds on what an HTTP/1 client may send and how slowly: heads, bodies, bytes sent ahead.
 
 mitmproxy reads a request head into a buffer until the blank line that ends it, however long
 that takes and however large it grows (`FIXME: protect against header size DoS` in
@@ -12,6 +12,12 @@ loaded:
   connection. The clock starts at the first byte of a head, not at the connection or the
   previous answer: keeping an idle connection open between requests is what HTTP clients'
   connection pools do, and costs no buffer; mitmproxy's `tcp_timeout` ends idle ones;
+- a request body that pauses longer than `ambassador_body_timeout` (10s) ends the connection
+  (and its flow, in an error). A pause, not a total: a large upload on a slow link is fine,
+  one that stopped is not; there is no upstream yet to take a timeout from (routing needs the
+  whole request), and bytes must flow, so a client holds a connection only while it sends;
+- a client that sends more ahead of its answer (a pipelined next request) than a head and a
+  body may hold is cut off: mitmproxy would buffer it all while the answer is pending;
 - a request body over mitmproxy's `body_size_limit` (or an `Expect: 100-continue` request
   announcing one) gets the ambassador's own `413 too_large` instead of mitmproxy's HTML page;
 - chunked trailer fields are dropped instead of crashing mitmproxy's HTTP/1 reader ("HTTP
@@ -24,18 +30,21 @@ before the head is parsed; `next_layer` sees the connection only until the HTTP 
 chosen, and a `ConnectionHandler` patch would see bytes without knowing where a head ends
 (after the first request, only the HTTP layer knows). `Http1Server` is the one place that
 knows both. The patch wraps two of its methods and its body-reader factory, and replaces
-none of their logic; the state it keeps lives on the layer. `check_internals()` checks what it relies on when the addon
-loads, so that a mitmproxy upgrade that changes them stops the start instead of silently
-unbounding the heads (tests/test_client_limits.py drives the real layer).
+none of their logic; the state it keeps lives on the layer. `check_internals()` checks what
+it relies on when the addon loads, so that a mitmproxy upgrade that changes them stops the
+start instead of silently unbounding the heads (tests/test_client_limits.py drives the real
+layer).
 
-HTTP/2 clients need none of this: h2 refuses a header list over 64 KiB (its
-MAX_HEADER_LIST_SIZE, a connection error) and bounds CONTINUATION frames itself.
+HTTP/2 clients need no size bound here: h2 refuses a header list over 64 KiB (its
+MAX_HEADER_LIST_SIZE, a connection error) and at most 64 CONTINUATION frames of a header
+block.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
+import time
 from dataclasses import dataclass
 
 import h11
@@ -46,7 +55,8 @@ from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import _http1
-from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
+from mitmproxy.proxy.layers.http._base import ReceiveHttp
+from mitmproxy.proxy.layers.http._events import ErrorCode, RequestProtocolError, ResponseProtocolError
 from mitmproxy.utils import human
 
 from .ambassador import body_size_limit, error_response
@@ -65,22 +75,31 @@ LINGER_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class HeadLimits:
-    max_bytes: int = 64 * 1024
-    timeout: float = 10.0
+class Limits:
+    max_head: int = 64 * 1024
+    head_timeout: float = 10.0
+    body_timeout: float = 10.0
+    # What a client may send ahead while its request is being answered (a pipelined next
+    # request): no more than a whole request could be, head and body.
+    max_ahead: int | None = None
 
 
-def parse_limits(max_head: str, head_timeout: str) -> HeadLimits:
+def parse_limits(max_head: str, head_timeout: str, body_timeout: str, body_limit: int | None) -> Limits:
     """The options' values, checked; raises OptionsError naming the option."""
-    try:
-        max_bytes = size(max_head)
-    except InvalidValue as e:
-        raise exceptions.OptionsError(f"ambassador_max_head {e}") from None
-    try:
-        timeout = positive_duration(head_timeout)
-    except InvalidValue as e:
-        raise exceptions.OptionsError(f"ambassador_head_timeout {e}") from None
-    return HeadLimits(max_bytes, timeout)
+    values = {}
+    for option, value, convert in (
+        ("ambassador_max_head", max_head, size),
+        ("ambassador_head_timeout", head_timeout, positive_duration),
+        ("ambassador_body_timeout", body_timeout, positive_duration),
+    ):
+        try:
+            values[option] = convert(value)
+        except InvalidValue as e:
+            raise exceptions.OptionsError(f"{option} {e}") from None
+    max_head = values["ambassador_max_head"]
+    return Limits(
+        max_head, values["ambassador_head_timeout"], values["ambassador_body_timeout"], max_head + body_limit if body_limit else None
+    )
 
 
 def head_too_large(buffered: bytes, max_bytes: int) -> bool:
@@ -97,7 +116,8 @@ def refusal(error: AmbassadorError) -> bytes:
 
 
 class ClientDeadline(commands.RequestWakeup):
-    """A wakeup for the Http1Server that asked: `head` ends a slow head, `linger` a refusal."""
+    """A wakeup for the Http1Server that asked: `head` ends a slow head, `body` a stalled
+    body, `linger` the wait after a refusal."""
 
     def __init__(self, delay: float, kind: str, stream_id: int):
         super().__init__(delay)
@@ -109,7 +129,7 @@ class Guard:
     """The wrappers of Http1Server's methods, with the bounds they enforce."""
 
     def __init__(self) -> None:
-        self.limits = HeadLimits()
+        self.limits = Limits()
         # Another guard's wrappers, when one is installed already (two loaded addons in a
         # test): wrapping them would check everything twice.
         installed = getattr(Http1Server.read_headers, "guard", None)
@@ -128,7 +148,7 @@ class Guard:
 
         def make_body_reader(expected_size):
             if expected_size is None:
-                return BoundedChunkedReader(guard.limits.max_bytes)
+                return BoundedChunkedReader(guard.limits.max_head)
             return guard.original_make_body_reader(expected_size)
 
         read_headers.guard = self
@@ -157,30 +177,61 @@ class Guard:
             yield from self.refuse(layer, error)
         else:
             yield from self.original_handle_event(layer, event)
+            if type(event) is events.DataReceived:
+                state = layer.state
+                if state == layer.read_body:
+                    yield from self.body_clock(layer)
+                elif state == layer.wait and self.limits.max_ahead and len(layer.buf) > self.limits.max_ahead:
+                    yield from self.end_request(layer, f"sent more than {self.limits.max_ahead} bytes ahead of its answer")
 
     def read_headers(self, layer, event):
         limits = self.limits
-        if isinstance(event, events.DataReceived) and len(layer.buf) > limits.max_bytes:
-            if head_too_large(bytes(layer.buf), limits.max_bytes):
-                error = AmbassadorError("headers_too_large", f"the request's header block exceeds {limits.max_bytes} bytes (ambassador_max_head)")
-                yield commands.Log(f"{human.format_address(layer.conn.peername)}: header block over {limits.max_bytes} bytes refused")
+        if isinstance(event, events.DataReceived) and len(layer.buf) > limits.max_head:
+            if head_too_large(bytes(layer.buf), limits.max_head):
+                error = AmbassadorError("headers_too_large", f"the request's header block exceeds {limits.max_head} bytes (ambassador_max_head)")
+                yield commands.Log(f"{human.format_address(layer.conn.peername)}: header block over {limits.max_head} bytes refused")
                 yield from self.refuse(layer, error)
                 return
         yield from self.original_read_headers(layer, event)
-        if layer.state == layer.read_headers and layer.buf and getattr(layer, "head_clock", None) != layer.stream_id:
+        if layer.state == layer.read_headers and layer.buf and getattr(layer, "head_clock_of", None) != layer.stream_id:
             # A head begun and not finished: the one case that needs a clock (most heads
             # arrive whole in one read and never start one).
-            layer.head_clock = layer.stream_id
-            yield ClientDeadline(limits.timeout, "head", layer.stream_id)
+            layer.head_clock_of = layer.stream_id
+            yield ClientDeadline(limits.head_timeout, "head", layer.stream_id)
+
+    def body_clock(self, layer):
+        """Note that body bytes came; start the body's clock on its first incomplete read."""
+        layer.body_seen = time.monotonic()
+        if getattr(layer, "body_clock_of", None) != layer.stream_id:
+            layer.body_clock_of = layer.stream_id
+            yield ClientDeadline(self.limits.body_timeout, "body", layer.stream_id)
 
     def deadline(self, layer, deadline: ClientDeadline):
-        if deadline.kind == "head" and layer.state == layer.read_headers and layer.buf and layer.stream_id == deadline.stream_id:
+        if layer.stream_id != deadline.stream_id:
+            return  # that request is over
+        if deadline.kind == "head" and layer.state == layer.read_headers and layer.buf:
             yield commands.Log(
                 f"{human.format_address(layer.conn.peername)}: header block not complete within {deadline.delay:g}s; connection closed"
             )
             yield commands.CloseConnection(layer.conn)
             layer.state = layer.done
-        # else: the head finished in time, or a refusal's linger already ended
+        elif deadline.kind == "body" and layer.state == layer.read_body:
+            # One clock per body, wound on by the bytes that came meanwhile: no timer per read.
+            idle = time.monotonic() - layer.body_seen
+            if idle < self.limits.body_timeout:
+                yield ClientDeadline(self.limits.body_timeout - idle, "body", layer.stream_id)
+            else:
+                yield from self.end_request(layer, f"sent no body bytes for {self.limits.body_timeout:g}s")
+        # else: the head or body finished in time, or a refusal's linger already ended
+
+    def end_request(self, layer, why: str):
+        """Close the connection; the request's flow ends in an error, as when a client goes away."""
+        message = f"{human.format_address(layer.conn.peername)}: {why}; connection closed"
+        yield commands.Log(message)
+        yield commands.CloseConnection(layer.conn)
+        layer.buf = ReceiveBuffer()
+        layer.state = layer.done
+        yield ReceiveHttp(RequestProtocolError(layer.stream_id, message, code=ErrorCode.CLIENT_DISCONNECTED))
 
     def refuse(self, layer, error: AmbassadorError):
         """Answer `error`, then linger: drop what the client still sends, and close."""
@@ -233,7 +284,7 @@ def check_internals() -> None:
         method = getattr(Http1Server, name, None)
         if not callable(method) or list(inspect.signature(method).parameters) != params:
             problems.append(f"Http1Server.{name}(self, event)")
-    for name in ("done", "passthrough"):
+    for name in ("done", "passthrough", "wait"):
         if not callable(getattr(Http1Server, name, None)):
             problems.append(f"Http1Server.{name}")
     factory = getattr(_http1, "make_body_reader", None)
@@ -269,13 +320,20 @@ class ClientLimits:
             "ambassador_head_timeout", str, "10s",
             "Time a client has, from the first byte of a request, to finish its header block; then the connection is closed.",
         )
+        loader.add_option(
+            "ambassador_body_timeout", str, "10s",
+            "Longest pause in a request body a client may make; then the connection is closed.",
+        )
         check_internals()
         self.guard = Guard()
         self.guard.install()
 
     def configure(self, updated) -> None:
-        if self.guard and {"ambassador_max_head", "ambassador_head_timeout"} & updated:
-            self.guard.limits = parse_limits(ctx.options.ambassador_max_head, ctx.options.ambassador_head_timeout)
+        if self.guard and {"ambassador_max_head", "ambassador_head_timeout", "ambassador_body_timeout", "body_size_limit"} & updated:
+            options = ctx.options
+            self.guard.limits = parse_limits(
+                options.ambassador_max_head, options.ambassador_head_timeout, options.ambassador_body_timeout, body_size_limit()
+            )
 
     def done(self) -> None:
         if self.guard:

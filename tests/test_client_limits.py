@@ -24,7 +24,7 @@ from mitmproxy.proxy.layers.http._events import (
 )
 from mitmproxy.test import taddons, tflow
 
-from addons.client_limits import LINGER_BYTES, ClientDeadline, ClientLimits, HeadLimits, check_internals, head_too_large, parse_limits
+from addons.client_limits import LINGER_BYTES, ClientDeadline, ClientLimits, Limits, check_internals, head_too_large, parse_limits
 
 ORIGINAL_READ_HEADERS = _http1.Http1Server.read_headers
 
@@ -77,20 +77,21 @@ HEAD = b"GET /app/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
 
 def test_the_options_parse_to_limits():
-    assert parse_limits("64KB", "10s") == HeadLimits(64 * 1024, 10.0)
-    assert parse_limits("1MB", "250ms") == HeadLimits(1024 * 1024, 0.25)
-    assert parse_limits("4096", "3") == HeadLimits(4096, 3.0)
+    assert parse_limits("64KB", "10s", "10s", None) == Limits(64 * 1024, 10.0, 10.0, None)
+    assert parse_limits("1MB", "250ms", "1m", 1000) == Limits(1024 * 1024, 0.25, 60.0, 1024 * 1024 + 1000)
+    assert parse_limits("4096", "3", "4", None) == Limits(4096, 3.0, 4.0)
 
 
-@pytest.mark.parametrize("max_head, timeout, named", [
-    ("64 kilobytes", "10s", "ambassador_max_head"),
-    ("0", "10s", "ambassador_max_head"),
-    ("64KB", "0s", "ambassador_head_timeout"),
-    ("64KB", "soon", "ambassador_head_timeout"),
+@pytest.mark.parametrize("max_head, head_timeout, body_timeout, named", [
+    ("64 kilobytes", "10s", "10s", "ambassador_max_head"),
+    ("0", "10s", "10s", "ambassador_max_head"),
+    ("64KB", "0s", "10s", "ambassador_head_timeout"),
+    ("64KB", "soon", "10s", "ambassador_head_timeout"),
+    ("64KB", "10s", "-1", "ambassador_body_timeout"),
 ])
-def test_bad_option_values_are_refused_naming_the_option(max_head, timeout, named):
+def test_bad_option_values_are_refused_naming_the_option(max_head, head_timeout, body_timeout, named):
     with pytest.raises(exceptions.OptionsError, match=named):
-        parse_limits(max_head, timeout)
+        parse_limits(max_head, head_timeout, body_timeout, None)
 
 
 def test_a_head_is_too_large_only_without_an_end_within_the_limit():
@@ -109,16 +110,17 @@ def test_defaults_are_64KB_and_10s(tctx):
     tctx, addon = tctx
     assert tctx.options.ambassador_max_head == "64KB"
     assert tctx.options.ambassador_head_timeout == "10s"
-    assert addon.guard.limits == HeadLimits(65536, 10.0)
+    assert tctx.options.ambassador_body_timeout == "10s"
+    assert addon.guard.limits == Limits(65536, 10.0, 10.0)
 
 
 def test_the_options_change_the_limits_and_bad_values_are_refused(tctx):
     tctx, addon = tctx
-    tctx.configure(addon, ambassador_max_head="8KB", ambassador_head_timeout="2s")
-    assert addon.guard.limits == HeadLimits(8192, 2.0)
+    tctx.configure(addon, ambassador_max_head="8KB", ambassador_head_timeout="2s", ambassador_body_timeout="3s")
+    assert addon.guard.limits == Limits(8192, 2.0, 3.0)
     with pytest.raises(exceptions.OptionsError, match="ambassador_max_head"):
         tctx.configure(addon, ambassador_max_head="lots")
-    assert addon.guard.limits == HeadLimits(8192, 2.0)
+    assert addon.guard.limits == Limits(8192, 2.0, 3.0)
 
 
 def test_done_puts_mitmproxys_layer_back():
@@ -254,3 +256,37 @@ def test_other_protocol_errors_stay_mitmproxys(tctx):
     cmds = list(layer.handle_event(ResponseProtocolError(layer.stream_id, "gone", ErrorCode.CONNECT_FAILED)))
     assert sent(cmds).startswith(b"HTTP/1.1 502") and b"reason" not in sent(cmds)
 
+
+
+def test_a_body_that_keeps_coming_winds_its_clock_on(tctx, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr("addons.client_limits.time.monotonic", lambda: now[0])
+    layer = server_layer()
+    [deadline] = deadlines(feed(layer, HEAD + b"Content-Length: 10\r\n\r\nab"))
+    assert (deadline.kind, deadline.delay) == ("body", 10.0)
+    now[0] += 6
+    assert deadlines(feed(layer, b"cd")) == []  # one clock per body, not per read
+    now[0] += 4
+    [wound_on] = deadlines(layer.handle_event(events.Wakeup(deadline)))
+    assert wound_on.delay == 6.0  # ten seconds from the last bytes
+    now[0] += 6
+    cmds = list(layer.handle_event(events.Wakeup(wound_on)))
+    assert closed(cmds)
+    [error] = received(cmds)
+    assert isinstance(error, RequestProtocolError) and "no body bytes for 10s" in error.message
+
+
+def test_a_body_arriving_with_its_head_starts_no_clock(tctx):
+    layer = server_layer()
+    assert deadlines(feed(layer, HEAD + b"Content-Length: 2\r\n\r\nab")) == []
+
+
+def test_bytes_sent_ahead_of_the_answer_are_bounded(tctx):
+    tctx, addon = tctx
+    addon.guard.limits = Limits(max_head=1024, max_ahead=4096)
+    layer = server_layer()
+    feed(layer, HEAD + b"\r\n" + HEAD)  # a request, and the next one pipelined: kept
+    assert not closed(feed(layer, b"X: " + b"a" * 3000))
+    cmds = feed(layer, b"a" * 2000)
+    assert closed(cmds) and len(layer.buf) == 0
+    assert isinstance(received(cmds)[0], RequestProtocolError)

@@ -13,14 +13,19 @@ import pytest
 
 from harness import Ambassador, FakeUpstream, raw_exchange
 
-HEAD_TIMEOUT = 2.0  # the default is 10s (tests/test_client_limits.py); short keeps this fast
+HEAD_TIMEOUT = 2.0  # the defaults are 10s (tests/test_client_limits.py); short keeps this fast
+BODY_TIMEOUT = 2.0
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     with FakeUpstream() as upstream:  # echoes what it received
         profile = f"upstreams:\n  app:\n    url: {upstream.url}\n    match: {{path_prefix: /app}}\n"
-        args = ("--set", f"ambassador_head_timeout={HEAD_TIMEOUT:g}s", "--set", "body_size_limit=1m")
+        args = (
+            "--set", f"ambassador_head_timeout={HEAD_TIMEOUT:g}s",
+            "--set", f"ambassador_body_timeout={BODY_TIMEOUT:g}s",
+            "--set", "body_size_limit=1m",
+        )
         with Ambassador(tmp_path_factory.mktemp("limits"), profile, *args) as amb:
             yield amb, upstream
 
@@ -150,6 +155,44 @@ def test_an_idle_kept_alive_connection_is_not_a_slow_head(setup):
         while data := s.recv(65536):
             second += data
     assert second.startswith(b"HTTP/1.1 200"), second[:100]
+
+
+def test_a_stalled_body_is_closed_after_the_body_timeout(setup):
+    amb, upstream = setup
+    before = len(upstream.received)
+    with socket.create_connection(("127.0.0.1", amb.port), timeout=3 * BODY_TIMEOUT) as s:
+        s.sendall(head(amb, b"Content-Length: 100").replace(b"GET", b"POST", 1) + b"only ten b")
+        started = time.monotonic()
+        try:
+            assert s.recv(65536) == b""
+        except ConnectionResetError:
+            pass
+        closed_after = time.monotonic() - started
+    assert BODY_TIMEOUT - 0.2 < closed_after < BODY_TIMEOUT + 1.5
+    assert len(upstream.received) == before
+    assert f"sent no body bytes for {BODY_TIMEOUT:g}s" in amb.output
+    still_serving(amb)
+
+
+def test_a_slow_body_that_keeps_coming_is_answered(setup):
+    """The body bound is a pause, not a total: this one takes longer than the timeout."""
+    amb, upstream = setup
+    body = b"slowly"
+    with socket.create_connection(("127.0.0.1", amb.port)) as s:
+        s.sendall(head(amb, b"Content-Length: %d" % len(body), b"Connection: close").replace(b"GET", b"POST", 1))
+        started = time.monotonic()
+        s.settimeout(BODY_TIMEOUT / 3)  # a byte every so often; the ambassador must not hang up meanwhile
+        for byte in body:
+            with pytest.raises(TimeoutError):
+                s.recv(1)
+            s.sendall(bytes([byte]))
+        assert time.monotonic() - started > BODY_TIMEOUT
+        s.settimeout(5)
+        raw = b""
+        while data := s.recv(65536):
+            raw += data
+    status, _, answer = answer_of(raw)
+    assert status == 200 and json.loads(answer)["body"] == "slowly"
 
 
 def test_expect_100_continue_over_the_body_limit_gets_413_at_once(setup):
