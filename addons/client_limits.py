@@ -37,7 +37,7 @@ layer).
 
 HTTP/2 clients need no size bound here: h2 refuses a header list over 64 KiB (its
 MAX_HEADER_LIST_SIZE, a connection error) and at most 64 CONTINUATION frames of a header
-block.
+block (tests/test_client_limits.py pins the first).
 """
 
 from __future__ import annotations

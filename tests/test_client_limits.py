@@ -290,3 +290,26 @@ def test_bytes_sent_ahead_of_the_answer_are_bounded(tctx):
     cmds = feed(layer, b"a" * 2000)
     assert closed(cmds) and len(layer.buf) == 0
     assert isinstance(received(cmds)[0], RequestProtocolError)
+
+
+def test_http2_header_lists_are_bounded_by_h2_itself():
+    """Why the guard leaves mitmproxy's HTTP/2 layer alone: h2 ends a connection whose header
+    list is over 64 KiB (should an upgrade drop that, this fails)."""
+    import h2.config
+    import h2.connection
+    from mitmproxy.addons.proxyserver import Proxyserver
+    from mitmproxy.proxy.layers.http._http2 import Http2Server
+
+    with taddons.context(Proxyserver()) as tctx:
+        client = tflow.tclient_conn()
+        client.alpn = b"h2"
+        layer = Http2Server(Context(client, tctx.options))
+        list(layer.handle_event(events.Start()))
+        peer = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        peer.initiate_connection()
+        for stream_id, size, refused in ((1, 60_000, False), (3, 70_000, True)):
+            fields = [(":method", "GET"), (":scheme", "https"), (":path", "/"), (":authority", "h"), ("x-big", "a" * size)]
+            peer.send_headers(stream_id, fields, end_stream=True)
+            cmds = list(layer.handle_event(events.DataReceived(client, peer.data_to_send())))
+            assert closed(cmds) is refused
+            assert any(isinstance(e, RequestHeaders) for e in received(cmds)) is not refused
