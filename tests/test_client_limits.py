@@ -1,4 +1,4 @@
-"""The bounds on client heads: the pure decisions, and the guard driving mitmproxy's real
+"""The bounds on client requests: the pure decisions, and the guard driving mitmproxy's real
 HTTP/1 server layer (no proxy server around it: the commands it yields are what we check)."""
 
 from __future__ import annotations
