@@ -421,6 +421,7 @@ def make_addons() -> list:
     AdminEndpoints; addons acting on routed flows go between Router and Forwarder. ClientGate
     acts first, at the header block, on every request."""
     from .client_gate import ClientGate  # these build on this module
+    from .client_limits import ClientLimits
     from .compose import Aggregates, Batch, JobEndpoint, RespondAsync
     from .jobs import Jobs
 
@@ -441,4 +442,5 @@ def make_addons() -> list:
         Forwarder(),
         ConnectionLog(),
         AdminCommands(manager),
+        ClientLimits(),
     ]
