@@ -59,7 +59,7 @@ from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import ErrorCode, RequestProtocolError, ResponseProtocolError
 from mitmproxy.utils import human
 
-from .ambassador import body_size_limit, error_response
+from .suite import body_size_limit, error_response
 from .errors import AmbassadorError
 from .profile import InvalidValue, positive_duration, size
 
