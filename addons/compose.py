@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from .aggregate import AggregateTable, fan_out
-from .ambassador import ProfileManager, addressed_to_ambassador, attached, detach, error_response, json_response, to_upstream_request
+from .ambassador import ProfileManager, addressed_to_ambassador, attached, body_size_limit, detach, error_response, json_response, to_upstream_request
 from .batch import parse_batch, run_batch
 from .errors import AmbassadorError
 from .gateway import Gateway
-from .jobs import Jobs
+from .jobs import MAX_JOBS, Jobs
 from .profile import ADMIN_PREFIX
 from .routing import Route
 
@@ -109,7 +109,7 @@ class Batch:
         except AmbassadorError as e:
             flow.response = error_response(e)
             return
-        flow.response = json_response(200, await run_batch(items, gateway.services))
+        flow.response = json_response(200, await run_batch(items, gateway.services, body_size_limit()))
         flow.metadata["ambassador"] = {"batch": [item.route.upstream.name for item in items]}
 
 
@@ -153,6 +153,20 @@ class RespondAsync:
     def __init__(self, jobs: Jobs):
         self.jobs = jobs
 
+    def load(self, loader) -> None:
+        loader.add_option(
+            "ambassador_async_max_jobs",
+            int,
+            MAX_JOBS,
+            "Async jobs per upstream running or kept at once; beyond it a new one gets 429 with Retry-After.",
+        )
+
+    def configure(self, updated) -> None:
+        if "ambassador_async_max_jobs" in updated:
+            if ctx.options.ambassador_async_max_jobs < 1:
+                raise exceptions.OptionsError("ambassador_async_max_jobs must be at least 1")
+            self.jobs.max_jobs = ctx.options.ambassador_async_max_jobs
+
     async def request(self, flow: http.HTTPFlow) -> None:
         if _handled(flow) or not (found := attached(flow)):
             return
@@ -166,12 +180,13 @@ class RespondAsync:
         try:
             _refuse_when_replaying(flow)
             request = to_upstream_request(flow, route)
+            request.headers.popall("Prefer", None)  # the preference was for us; the upstream is synchronous
+            job_id = await self.jobs.submit(service, request)
         except AmbassadorError as e:
             e.upstream = name
+            flow.metadata["ambassador"]["reason"] = e.reason
             flow.response = error_response(e)
             return
-        request.headers.popall("Prefer", None)  # the preference was for us; the upstream is synchronous
-        job_id = await self.jobs.submit(service, request)
         location = f"{JOBS_PREFIX}{job_id}"
         flow.response = json_response(
             202,
