@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from multidict import CIMultiDict
@@ -26,7 +26,8 @@ from .service import UpstreamService
 
 MAX_ITEMS = 100
 MAX_BODY = 1024 * 1024  # bytes of the whole batch document
-# The items' bodies together when no total is given (mitmproxy's body_size_limit is, see compose.Batch).
+# The items' bodies together, when mitmproxy's body_size_limit (which compose.Batch passes on)
+# is unset: mitmproxy run without run.sh.
 MAX_ANSWER = 64 * 1024**2
 ITEM_KEYS = frozenset({"method", "path", "headers", "body"})
 TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
@@ -129,7 +130,10 @@ class AnswerBudget:
     batch never holds more than its total at once beyond the items still being read."""
 
     total: int
-    left: int
+    left: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.left = self.total
 
     def take(self, size: int, upstream: str) -> None:
         if size > self.left:
@@ -146,7 +150,7 @@ class AnswerBudget:
 async def run_batch(items: list[BatchItem], services: Mapping[str, UpstreamService], total: int | None = None) -> list[dict]:
     """Run the items concurrently; their answers in the items' order. The items' bodies together
     are at most `total` bytes: items answered once it is used up fail with too_large."""
-    budget = AnswerBudget(total or MAX_ANSWER, total or MAX_ANSWER)
+    budget = AnswerBudget(total or MAX_ANSWER)
     return list(await asyncio.gather(*(_run_item(item, services[item.route.upstream.name], budget) for item in items)))
 
 

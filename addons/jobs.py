@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import math
 import logging
+import math
 import os
 import re
 import secrets
@@ -107,8 +107,9 @@ class JobStore:
         """Record a new running job, unless `upstream` has `max_jobs` running or kept already:
         then the seconds until one of them is sure to be gone (the job is not recorded).
 
-        The count reads the (upstream, expires) index only: at most `max_jobs` entries, never
-        the table. One transaction, so that ambassadors sharing the file cannot overshoot."""
+        The count reads the (upstream, expires) index only, at most `max_jobs` entries of it;
+        only a refusal reads those jobs' rows. One transaction, so that ambassadors sharing
+        the file cannot overshoot the limit together."""
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:

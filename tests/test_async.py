@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from addons.jobs import MAX_JOBS, JobStore, _owner_gone
 
 HOST = socket.gethostname()
@@ -133,3 +135,19 @@ def test_ambassadors_opening_a_new_jobs_file_at_once_both_get_it(tmp_path):
         both = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, str(tmp_path / f"jobs{trial}.sqlite3"), start],
                                  cwd=root, stdout=subprocess.PIPE, text=True) for _ in range(2)]
         assert [p.communicate(timeout=60)[0].strip() for p in both] == ["ok", "ok"], trial
+
+
+def test_the_job_limit_is_an_option_of_1000_by_default():
+    from mitmproxy import exceptions
+    from mitmproxy.test import taddons
+
+    from addons.compose import RespondAsync
+    from addons.jobs import Jobs
+
+    jobs = Jobs()
+    with taddons.context(RespondAsync(jobs)) as tctx:
+        assert tctx.options.ambassador_async_max_jobs == MAX_JOBS == 1000
+        tctx.configure(tctx.master.addons.get("respondasync"), ambassador_async_max_jobs=5)
+        assert jobs.max_jobs == 5
+        with pytest.raises(exceptions.OptionsError):
+            tctx.configure(tctx.master.addons.get("respondasync"), ambassador_async_max_jobs=0)
