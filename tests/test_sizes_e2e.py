@@ -7,6 +7,7 @@ memory (VmHWM): a bomb inflated whole would add about 300 MB.
 import http.client
 import json
 import sqlite3
+import threading
 import time
 import zlib
 
@@ -35,8 +36,13 @@ SOAP_OK = (
 ).encode()
 
 
+RELEASE = threading.Event()  # answers under a /held/ path wait for it
+
+
 def answer(req: Received) -> Reply:
     path = req.path.split("?")[0]
+    if "/held/" in path:
+        RELEASE.wait(10)
     if path.endswith("/bomb"):
         return Reply(200, [("Content-Type", "application/json"), ("Content-Encoding", "gzip")], BOMB)
     if path.endswith("/over"):
@@ -210,15 +216,18 @@ def test_expired_jobs_are_deleted_and_free_their_place(upstream, tmp_path):
     state = tmp_path / "state"
     with Ambassador(tmp_path, profile(upstream), "--set", "ambassador_async_max_jobs=2", env={"AMBASSADOR_STATE_DIR": str(state)}) as amb:
         locations = []
-        for path in ("/brief/a", "/brief/over"):
+        for path in ("/brief/held/a", "/brief/held/over"):
             status, headers, _ = submit(amb, path)
             assert status == 202
             locations.append(headers["Location"])
+        status, headers, body = submit(amb, "/brief/c")  # both still running: they count too
+        assert (status, body["reason"]) == (429, "rate_limited")
+        # A slot is sure to free once a running job's deadline (timeout 30 s + 10 s) and keep (1 s) passed.
+        assert 1 <= int(headers["Retry-After"]) <= 41
+        RELEASE.set()
         assert wait_for_result(amb, locations[0])[0] == 200
         status, raw = wait_for_result(amb, locations[1])
         assert (status, json.loads(raw)["reason"]) == (502, "too_large")  # a result is kept up to the bound
-        status, headers, body = submit(amb, "/brief/c")
-        assert (status, body["reason"], headers["Retry-After"]) == (429, "rate_limited", "1")
         # Kept for 1 s, then deleted from the file by the ambassador, without any request.
         deadline = time.monotonic() + 10
         while _rows(state) > 0:
