@@ -17,6 +17,7 @@ from urllib.parse import quote, unquote
 
 from multidict import CIMultiDict
 
+from . import bounded
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
 from .profile import PLACEHOLDER_RE, Aggregate, Profile
@@ -27,25 +28,26 @@ from .service import UpstreamService
 NOT_FORWARDED_TO_PARTS = frozenset({"accept-encoding"})
 
 
-def decoded_body(headers: CIMultiDict[str], body: bytes) -> bytes:
-    """The body without its Content-Encoding (upstreams may compress even when not asked to)."""
-    encoding = headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding in ("", "identity") or not body:
-        return body
-    from mitmproxy.net.encoding import decode
-
+def decoded_body(response: UpstreamResponse, upstream: str) -> bytes:
+    """The body without its Content-Encoding (upstreams may compress even when not asked to);
+    too_large beyond the bound. A body in a coding we cannot undo is kept as it is."""
     try:
-        return decode(body, encoding)
-    except ValueError:
-        return body
+        return bounded.decoded(response.body, response.headers.get("Content-Encoding", ""))
+    except bounded.TooLarge:
+        raise bounded.too_large(upstream, "a body") from None
+    except bounded.Undecodable:
+        return response.body
 
 
-def embedded(response: UpstreamResponse) -> Any:
+def embedded(response: UpstreamResponse, upstream: str) -> Any:
     """A body as a JSON value: JSON bodies as JSON, others as text, an empty body as null."""
-    body = decoded_body(response.headers, response.body)
+    return json_value(response.headers, decoded_body(response, upstream))
+
+
+def json_value(headers: CIMultiDict[str], body: bytes) -> Any:
     if not body:
         return None
-    content_type = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    content_type = headers.get("Content-Type", "").partition(";")[0].strip().lower()
     if not content_type or content_type == "application/json" or content_type.endswith("+json"):
         try:
             return json.loads(body)
@@ -104,6 +106,7 @@ class PartResult:
     name: str
     upstream: str
     response: UpstreamResponse | None = None
+    value: Any = None  # the response's body as embedded in the answer
     error: AmbassadorError | None = None
     notes: dict | None = None
 
@@ -118,7 +121,7 @@ class PartResult:
             "status": self.response.status,
             "reason": "upstream_status",
             "error": f"upstream {self.upstream} answered {self.response.status} {self.response.reason}".rstrip(),
-            "body": embedded(self.response),
+            "body": self.value,
         }
 
 
@@ -135,7 +138,9 @@ async def fan_out(
     for name, part in aggregate.parts.items():
         service = services[part.upstream]
         path = join_path(service.upstream.url.base_path, part_path(part.path, captures))
-        request = dataclasses.replace(template, method="GET", path=path, headers=headers.copy(), body=b"", notes={})
+        request = dataclasses.replace(
+            template, method="GET", path=path, headers=headers.copy(), body=b"", notes={}, max_body=bounded.MAX_BODY
+        )
         planned.append((name, service, request))
     results = await asyncio.gather(*(_run_part(name, service, request) for name, service, request in planned))
     document: dict[str, Any] = {}
@@ -144,7 +149,7 @@ async def fan_out(
         if result.failed:
             errors[result.name] = result.failure()
         else:
-            document[result.name] = embedded(result.response)
+            document[result.name] = result.value
     if errors:
         document["_errors"] = errors
     status = 502 if len(errors) == len(results) else 200
@@ -154,7 +159,9 @@ async def fan_out(
 async def _run_part(name: str, service: UpstreamService, request: UpstreamRequest) -> PartResult:
     result = PartResult(name, service.upstream.name, notes=request.notes)
     try:
-        result.response = await service.handle(request)
+        response = await service.handle(request)
+        result.value = embedded(response, result.upstream)
+        result.response = response
     except AmbassadorError as e:
         result.error = e
     return result

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from multidict import CIMultiDict
 
-from .aggregate import NOT_FORWARDED_TO_PARTS, answer_of, embedded
+from . import bounded
+from .aggregate import NOT_FORWARDED_TO_PARTS, answer_of, decoded_body, json_value
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, client_request
 from .profile import ADMIN_PREFIX, HTTP_METHODS
@@ -25,6 +26,9 @@ from .service import UpstreamService
 
 MAX_ITEMS = 100
 MAX_BODY = 1024 * 1024  # bytes of the whole batch document
+# The items' bodies together, when mitmproxy's body_size_limit (which compose.Batch passes on)
+# is unset: mitmproxy run without run.sh.
+MAX_ANSWER = 64 * 1024**2
 ITEM_KEYS = frozenset({"method", "path", "headers", "body"})
 TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters; a tab is allowed
@@ -114,27 +118,56 @@ def _body(raw: Any, headers: CIMultiDict[str]) -> bytes:
 def upstream_request(method: str, route: Route, headers: CIMultiDict[str], body: bytes) -> UpstreamRequest:
     """The item as the Forwarder would send it: the same header rules and `X-Ambassador-*` overrides."""
     request = client_request(method, route, headers, body)
+    request.max_body = bounded.MAX_BODY
     for name in NOT_FORWARDED_TO_PARTS:  # bodies are embedded in the answer: ask for identity bodies
         request.headers.popall(name, None)
     return request
 
 
-async def run_batch(items: list[BatchItem], services: Mapping[str, UpstreamService]) -> list[dict]:
-    """Run the items concurrently; their answers in the items' order."""
-    return list(await asyncio.gather(*(_run_item(item, services[item.route.upstream.name]) for item in items)))
+@dataclass
+class AnswerBudget:
+    """Bytes of item bodies the batch answer may still hold: taken as items are answered, so a
+    batch never holds more than its total at once beyond the items still being read."""
+
+    total: int
+    left: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.left = self.total
+
+    def take(self, size: int, upstream: str) -> None:
+        if size > self.left:
+            raise AmbassadorError(
+                "too_large",
+                f"this item's body ({size} bytes) would take the batch answer over {self.total} bytes"
+                " (body_size_limit); send fewer items per batch",
+                upstream,
+                status=502,
+            )
+        self.left -= size
 
 
-async def _run_item(item: BatchItem, service: UpstreamService) -> dict:
+async def run_batch(items: list[BatchItem], services: Mapping[str, UpstreamService], total: int | None = None) -> list[dict]:
+    """Run the items concurrently; their answers in the items' order. The items' bodies together
+    are at most `total` bytes: items answered once it is used up fail with too_large."""
+    budget = AnswerBudget(total or MAX_ANSWER)
+    return list(await asyncio.gather(*(_run_item(item, services[item.route.upstream.name], budget) for item in items)))
+
+
+async def _run_item(item: BatchItem, service: UpstreamService, budget: AnswerBudget) -> dict:
     name = service.upstream.name
     try:
         answer = await service.handle(item.request)
+        body = decoded_body(answer, name)
+        budget.take(len(body), name)
     except AmbassadorError as e:
         e.upstream = e.upstream or name
         answer = answer_of(e)
+        body = answer.body
     headers: dict[str, str] = {}
     for key, value in answer.headers.items():
         if key.lower() in WIRE_HEADERS:
             continue
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     headers["X-Ambassador-Upstream"] = name
-    return {"status": answer.status, "headers": headers, "body": embedded(answer)}
+    return {"status": answer.status, "headers": headers, "body": json_value(answer.headers, body)}

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 
-from mitmproxy import http
+from mitmproxy import ctx, exceptions, http
 
 from .aggregate import AggregateTable, fan_out
-from .suite import ProfileManager, addressed_to_ambassador, attached, detach, error_response, json_response, to_upstream_request
+from .suite import ProfileManager, addressed_to_ambassador, attached, body_size_limit, detach, error_response, json_response, to_upstream_request
 from .batch import parse_batch, run_batch
 from .errors import AmbassadorError
 from .gateway import Gateway
-from .jobs import Jobs
+from .jobs import MAX_JOBS, Jobs
 from .profile import ADMIN_PREFIX
 from .routing import Route
 
@@ -101,7 +101,7 @@ class Batch:
         except AmbassadorError as e:
             flow.response = error_response(e)
             return
-        flow.response = json_response(200, await run_batch(items, gateway.services))
+        flow.response = json_response(200, await run_batch(items, gateway.services, body_size_limit()))
         flow.metadata["ambassador"] = {"batch": [item.route.upstream.name for item in items]}
 
 
@@ -145,6 +145,20 @@ class RespondAsync:
     def __init__(self, jobs: Jobs):
         self.jobs = jobs
 
+    def load(self, loader) -> None:
+        loader.add_option(
+            "ambassador_async_max_jobs",
+            int,
+            MAX_JOBS,
+            "Async jobs per upstream running or kept at once; beyond it a new one gets 429 with Retry-After.",
+        )
+
+    def configure(self, updated) -> None:
+        if "ambassador_async_max_jobs" in updated:
+            if ctx.options.ambassador_async_max_jobs < 1:
+                raise exceptions.OptionsError("ambassador_async_max_jobs must be at least 1")
+            self.jobs.max_jobs = ctx.options.ambassador_async_max_jobs
+
     async def request(self, flow: http.HTTPFlow) -> None:
         if _handled(flow) or not (found := attached(flow)):
             return
@@ -157,12 +171,13 @@ class RespondAsync:
         detach(flow)  # answered here, whatever happens
         try:
             request = to_upstream_request(flow, route)
+            request.headers.popall("Prefer", None)  # the preference was for us; the upstream is synchronous
+            job_id = await self.jobs.submit(service, request)
         except AmbassadorError as e:
             e.upstream = name
+            flow.metadata["ambassador"]["reason"] = e.reason
             flow.response = error_response(e)
             return
-        request.headers.popall("Prefer", None)  # the preference was for us; the upstream is synchronous
-        job_id = await self.jobs.submit(service, request)
         location = f"{JOBS_PREFIX}{job_id}"
         flow.response = json_response(
             202,

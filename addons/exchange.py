@@ -40,6 +40,9 @@ class UpstreamRequest:
     body: bytes = b""
     timeout: float | None = None  # shortens the upstream's own timeout, never lengthens it
     retries: int | None = None  # X-Ambassador-Retries: lowers the retry policy's tries, never raises them
+    # Answer bytes read at most, below body_size_limit: answers the ambassador holds whole
+    # (aggregate parts, batch items, SOAP, async jobs) fail with too_large beyond it.
+    max_body: int | None = None
     started: float = field(default_factory=time.monotonic)
     # What the ambassador did (attempts, cache result...), for headers, logs and mitmweb.
     notes: dict[str, Any] = field(default_factory=dict)

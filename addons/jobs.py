@@ -11,8 +11,10 @@ Plain Python; the mitmproxy addons are `compose.JobEndpoint` and `compose.Respon
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import bounded
 from .aggregate import answer_of
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest
@@ -39,7 +42,8 @@ JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{22}\Z")  # secrets.token_urlsafe(16)
 # A job outlives its upstream timeout only when its ambassador is gone; this margin covers
 # token fetches and clock steps before such a job is declared interrupted.
 DEADLINE_GRACE = 10.0
-PURGE_INTERVAL = 60.0
+PURGE_INTERVAL = 60.0  # at most; more often when an upstream keeps results for less
+MAX_JOBS = 1000  # per upstream, running or kept (the option ambassador_async_max_jobs)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -54,6 +58,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     body BLOB
 );
 CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (expires);
+CREATE INDEX IF NOT EXISTS jobs_upstream ON jobs (upstream, expires);  -- counting an upstream's jobs
 """
 
 
@@ -98,12 +103,32 @@ class JobStore:
             switch_to_wal(self.db)
             self.db.executescript(SCHEMA)
 
-    def create(self, job_id: str, upstream: str, keep: float, deadline: float) -> None:
+    def create(self, job_id: str, upstream: str, keep: float, deadline: float, max_jobs: int, now: float) -> float | None:
+        """Record a new running job, unless `upstream` has `max_jobs` running or kept already:
+        then the seconds until one of them is sure to be gone (the job is not recorded).
+
+        The count reads the (upstream, expires) index only, at most `max_jobs` entries of it;
+        only a refusal reads those jobs' rows. One transaction, so that ambassadors sharing
+        the file cannot overshoot the limit together."""
         with self.lock:
-            self.db.execute(
-                "INSERT INTO jobs (id, upstream, owner, keep, deadline) VALUES (?, ?, ?, ?, ?)",
-                (job_id, upstream, self.owner, keep, deadline),
-            )
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                (count,) = self.db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE upstream = ? AND (expires IS NULL OR expires > ?)", (upstream, now)
+                ).fetchone()
+                if count >= max_jobs:
+                    (first_gone,) = self.db.execute(
+                        "SELECT MIN(COALESCE(expires, deadline + keep)) FROM jobs WHERE upstream = ? AND (expires IS NULL OR expires > ?)",
+                        (upstream, now),
+                    ).fetchone()
+                    return first_gone - now
+                self.db.execute(
+                    "INSERT INTO jobs (id, upstream, owner, keep, deadline) VALUES (?, ?, ?, ?, ?)",
+                    (job_id, upstream, self.owner, keep, deadline),
+                )
+                return None
+            finally:
+                self.db.execute("COMMIT")
 
     def finish(self, job_id: str, status: int, headers: list[tuple[str, str]], body: bytes, now: float) -> None:
         with self.lock:
@@ -180,7 +205,9 @@ class Jobs:
         self.store: JobStore | None = None
         self.opening = asyncio.Lock()
         self.tasks: set[asyncio.Task] = set()
-        self.purged_at = 0.0
+        self.max_jobs = MAX_JOBS
+        self.purge_every = PURGE_INTERVAL
+        self.purger: asyncio.Task | None = None
 
     async def open(self) -> JobStore:
         """The store, opened on first use so that profiles without async create no files."""
@@ -192,26 +219,46 @@ class Jobs:
                 for upstream in await asyncio.to_thread(store.interrupt, _owner_gone(self.owner), time.time()):
                     ASYNC_JOBS.labels(upstream, "failed").inc()
                 self.store = store
+                self.purger = asyncio.get_running_loop().create_task(self._purge_expired(store))
                 log.info("async job results are kept in %s", path)
         return self.store
 
     async def submit(self, service: UpstreamService, request: UpstreamRequest) -> str:
-        """Record a job and start it; returns its id at once."""
+        """Record a job and start it; returns its id at once. Raises AmbassadorError
+        (rate_limited) when the upstream has `max_jobs` jobs running or kept."""
         store = await self.open()
         upstream = service.upstream
         job_id = secrets.token_urlsafe(16)
         now = time.time()
         deadline = now + (service.deadline_of(request) - time.monotonic()) + DEADLINE_GRACE
-        await asyncio.to_thread(store.create, job_id, upstream.name, upstream.async_.keep, deadline)
+        keep = upstream.async_.keep
+        self.purge_every = max(1.0, min(self.purge_every, keep))
+        wait = await asyncio.to_thread(store.create, job_id, upstream.name, keep, deadline, self.max_jobs, now)
+        if wait is not None:
+            raise AmbassadorError(
+                "rate_limited",
+                f"upstream {upstream.name} has {self.max_jobs} async jobs running or kept (ambassador_async_max_jobs);"
+                " retry once one has expired",
+                upstream.name,
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         ASYNC_JOBS.labels(upstream.name, "accepted").inc()
+        request = dataclasses.replace(request, max_body=bounded.MAX_BODY)  # its answer is kept whole
         task = asyncio.get_running_loop().create_task(self._run(store, job_id, service, request))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        if now - self.purged_at > PURGE_INTERVAL:
-            self.purged_at = now
-            for expired in await asyncio.to_thread(store.purge, now):
-                ASYNC_JOBS.labels(expired, "expired").inc()
         return job_id
+
+    async def _purge_expired(self, store: JobStore) -> None:
+        """Delete expired results now and then, in a thread: the file's free pages are reused,
+        so it grows no further than the jobs kept at once."""
+        while True:
+            try:
+                for expired in await asyncio.to_thread(store.purge, time.time()):
+                    ASYNC_JOBS.labels(expired, "expired").inc()
+            except sqlite3.Error as e:  # e.g. another process holding the file too long: next time
+                log.warning("could not delete expired async job results: %s", e)
+            await asyncio.sleep(self.purge_every)
 
     async def _run(self, store: JobStore, job_id: str, service: UpstreamService, request: UpstreamRequest) -> None:
         name = service.upstream.name
@@ -228,6 +275,9 @@ class Jobs:
             event = "failed"
         if self.store is not store:
             return  # shut down meanwhile; the job was reported as interrupted
+        if len(answer.body) > bounded.MAX_BODY:  # made by a stage (SOAP's JSON), not read from the wire
+            answer = answer_of(bounded.too_large(name, "a body"))
+            event = "failed"
         headers = [(k, v) for k, v in answer.headers.items()] + [("X-Ambassador-Upstream", name)]
         await asyncio.to_thread(store.finish, job_id, answer.status, headers, answer.body, time.time())
         ASYNC_JOBS.labels(name, event).inc()
@@ -246,6 +296,9 @@ class Jobs:
         """The ambassador stops: jobs still running here will never finish; say so now."""
         for task in self.tasks:
             task.cancel()
+        if self.purger is not None:
+            self.purger.cancel()
+            self.purger = None
         if self.store is None:
             return
         for upstream in self.store.interrupt(lambda owner: owner == self.owner, time.time()):

@@ -22,6 +22,7 @@ import defusedxml
 import defusedxml.ElementTree
 from multidict import CIMultiDict
 
+from . import bounded
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
 from .profile import SoapPolicy, Upstream
@@ -256,12 +257,19 @@ class SoapStage:
             path=(self.upstream.url.base_path or "/") + (f"?{query}" if query else ""),
             headers=headers,
             body=envelope,
+            max_body=bounded.MAX_BODY,  # the answer is parsed whole
         )
 
     def from_soap(self, answer: UpstreamResponse) -> UpstreamResponse:
         name = self.upstream.name
         try:
-            result = parse_answer(answer.body)
+            xml = bounded.decoded(answer.body, answer.headers.get("Content-Encoding", ""))
+        except bounded.TooLarge:
+            raise bounded.too_large(name, "a SOAP answer") from None
+        except bounded.Undecodable as e:
+            raise AmbassadorError("upstream_error", f"upstream {name} answered a SOAP answer that cannot be decoded: {e}", name) from None
+        try:
+            result = parse_answer(xml)
         except RecursionError:
             raise AmbassadorError("upstream_error", f"upstream {name} answered XML nested too deeply to convert", name) from None
         except NotSoap as e:

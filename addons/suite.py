@@ -160,7 +160,8 @@ def body_size_limit() -> int | None:
 
 
 def json_response(status: int, payload, headers: dict[str, str] | None = None) -> http.Response:
-    return http.Response.make(status, json.dumps(payload, indent=1).encode(), {"Content-Type": "application/json", **(headers or {})})
+    # Compact: batch and aggregate answers embed whole upstream bodies, indentation would add to them.
+    return http.Response.make(status, json.dumps(payload, separators=(",", ":")).encode(), {"Content-Type": "application/json", **(headers or {})})
 
 
 def error_response(error: AmbassadorError) -> http.Response:

@@ -14,6 +14,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from .bounded import too_large
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse, end_to_end
 from .pool import GuardedConnector
@@ -67,7 +68,7 @@ class Transport:
                 ) as answer:
                     if answer.status == 101:  # leaving the block closes the connection: aiohttp counts it upgraded
                         raise self.unasked_switch()
-                    body = await self.read_body(answer, request.method)
+                    body = await self.read_body(answer, request)
         except TimeoutError:
             raise  # an OSError too, but the caller's to report: it knows the timeout in force
         except (aiohttp.ClientError, OSError) as e:
@@ -96,10 +97,13 @@ class Transport:
         name = self.upstream.name
         return AmbassadorError("upstream_error", f"upstream {name} answered 101 Switching Protocols to a request that did not ask to switch", name)
 
-    async def read_body(self, answer: aiohttp.ClientResponse, method: str) -> bytes:
-        """The answer's body, refused beyond `max_body`: bodies are held in memory whole."""
+    async def read_body(self, answer: aiohttp.ClientResponse, request: UpstreamRequest) -> bytes:
+        """The answer's body, refused beyond `max_body` or the request's own bound: bodies are
+        held in memory whole."""
         limit, length = self.max_body, answer.content_length
-        if limit is None or not _has_body(method, answer.status) or (length is not None and length <= limit):
+        if request.max_body is not None and (limit is None or request.max_body < limit):
+            limit = request.max_body
+        if limit is None or not _has_body(request.method, answer.status) or (length is not None and length <= limit):
             return await answer.read()
         if length is None:  # chunked or ended by closing: count as it comes
             chunks, size = [], 0
@@ -111,6 +115,8 @@ class Transport:
             else:
                 return b"".join(chunks)
         name = self.upstream.name
+        if limit == request.max_body:
+            raise too_large(name, "a body", limit)
         raise AmbassadorError("upstream_error", f"upstream {name} answered with a body over {limit} bytes (body_size_limit)", name)
 
     async def refused_handshake(self, deadline: float) -> str | None:

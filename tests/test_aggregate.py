@@ -67,11 +67,11 @@ def response(body: bytes, content_type: str | None = None, encoding: str | None 
 def test_embedding():
     import gzip
 
-    assert embedded(response(b'{"a": 1}', "application/json; charset=utf-8")) == {"a": 1}
-    assert embedded(response(b'{"a": 1}', "application/problem+json")) == {"a": 1}
-    assert embedded(response(b"[1]")) == [1]  # no content type: JSON when it parses
-    assert embedded(response(b'{"a": 1}', "text/plain")) == '{"a": 1}'
-    assert embedded(response(b"{broken", "application/json")) == "{broken"
-    assert embedded(response(b"")) is None
-    assert embedded(response(gzip.compress(b'{"z": true}'), "application/json", "gzip")) == {"z": True}
-    assert embedded(response(b"caf\xe9", "text/plain")) == "caf\ufffd"
+    assert embedded(response(b'{"a": 1}', "application/json; charset=utf-8"), "u") == {"a": 1}
+    assert embedded(response(b'{"a": 1}', "application/problem+json"), "u") == {"a": 1}
+    assert embedded(response(b"[1]"), "u") == [1]  # no content type: JSON when it parses
+    assert embedded(response(b'{"a": 1}', "text/plain"), "u") == '{"a": 1}'
+    assert embedded(response(b"{broken", "application/json"), "u") == "{broken"
+    assert embedded(response(b""), "u") is None
+    assert embedded(response(gzip.compress(b'{"z": true}'), "application/json", "gzip"), "u") == {"z": True}
+    assert embedded(response(b"caf\xe9", "text/plain"), "u") == "caf\ufffd"

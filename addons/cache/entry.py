@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from multidict import CIMultiDict
 
+from ..bounded import MAX_BODY
 from ..exchange import UpstreamRequest, UpstreamResponse, end_to_end
 from ..profile import CachePolicy
 from . import freshness, keys
@@ -113,6 +114,8 @@ def make_entry(
     """The entry to store for a response to a GET, or None where RFC 9111 section 3 forbids it."""
     if request.method != "GET" or response.status not in STORABLE_STATUSES or "no-store" in request_cc:
         return None
+    if len(response.body) > MAX_BODY:
+        return None  # answered, not kept: a store holds many entries
     cc, duplicates = freshness.parse_cache_control(response.headers.getall("cache-control", []))
     if "must-understand" in cc:
         if response.status not in UNDERSTOOD_STATUSES:
