@@ -280,14 +280,15 @@ class BoundedChunkedReader(ChunkedReader):
 def check_internals() -> None:
     """What the guard relies on in mitmproxy's Http1Server; raises naming what changed."""
     problems = []
+    installed = getattr(Http1Server.read_headers, "guard", None)  # mitmproxy's own, under a guard's wrappers
     for name, params in (("_handle_event", ["self", "event"]), ("read_headers", ["self", "event"]), ("read_body", ["self", "event"])):
-        method = getattr(Http1Server, name, None)
+        method = getattr(installed, f"original_{name.lstrip('_')}", None) or getattr(Http1Server, name, None)
         if not callable(method) or list(inspect.signature(method).parameters) != params:
             problems.append(f"Http1Server.{name}(self, event)")
     for name in ("done", "passthrough", "wait"):
         if not callable(getattr(Http1Server, name, None)):
             problems.append(f"Http1Server.{name}")
-    factory = getattr(_http1, "make_body_reader", None)
+    factory = installed.original_make_body_reader if installed else getattr(_http1, "make_body_reader", None)
     if not callable(factory) or list(inspect.signature(factory).parameters) != ["expected_size"]:
         problems.append("make_body_reader(expected_size)")
     elif not isinstance(factory(None), ChunkedReader):

@@ -20,6 +20,7 @@ from .gateway import Gateway
 from .jobs import MAX_JOBS, Jobs
 from .profile import ADMIN_PREFIX
 from .routing import Route
+from .upstream_flows import UpstreamFlows
 
 BATCH_PATH = f"{ADMIN_PREFIX}/batch"
 JOBS_PREFIX = f"{ADMIN_PREFIX}/jobs/"
@@ -37,8 +38,9 @@ def _only_path(flow: http.HTTPFlow) -> str:
 class Aggregates:
     """`GET` on an aggregate path of the profile: its parts, requested concurrently, as one JSON."""
 
-    def __init__(self, manager: ProfileManager):
+    def __init__(self, manager: ProfileManager, flows: UpstreamFlows):
         self.manager = manager
+        self.flows = flows
         self.compiled: tuple[Gateway | None, AggregateTable | None] = (None, None)
 
     def table(self, gateway: Gateway) -> AggregateTable:
@@ -63,6 +65,7 @@ class Aggregates:
                 raise AmbassadorError("bad_request", f"aggregate {aggregate.template} answers GET only")
             first = gateway.profile.upstreams[next(iter(aggregate.parts.values())).upstream]
             template = to_upstream_request(flow, Route(first, request.path))  # the client's headers and timeout
+            self.flows.watch(flow, template, gateway.services)  # the parts are copies of it
             status, document, parts = await fan_out(gateway.services, aggregate, captures, template)
         except AmbassadorError as e:
             e.upstream = None  # the aggregate's own problem, not one upstream's
@@ -87,8 +90,9 @@ class Batch:
 
     admin_only = True  # acts on `/_ambassador/...` requests only (see AmbassadorAddons)
 
-    def __init__(self, manager: ProfileManager):
+    def __init__(self, manager: ProfileManager, flows: UpstreamFlows):
         self.manager = manager
+        self.flows = flows
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if _handled(flow) or _only_path(flow) != BATCH_PATH:
@@ -101,8 +105,10 @@ class Batch:
         except AmbassadorError as e:
             flow.response = error_response(e)
             return
+        for item in items:
+            self.flows.watch(flow, item.request, gateway.services)
         flow.response = json_response(200, await run_batch(items, gateway.services, body_size_limit()))
-        flow.metadata["ambassador"] = {"batch": [item.route.upstream.name for item in items]}
+        flow.metadata.setdefault("ambassador", {})["batch"] = [item.route.upstream.name for item in items]
 
 
 class JobEndpoint:
@@ -142,8 +148,10 @@ PREFER_ASYNC_RE = re.compile(r"(?:^|,)\s*respond-async\s*(?:[;,]|$)", re.IGNOREC
 class RespondAsync:
     """`Prefer: respond-async` on an upstream with `async`: 202 and a job, the exchange in the background."""
 
-    def __init__(self, jobs: Jobs):
+    def __init__(self, jobs: Jobs, manager: ProfileManager, flows: UpstreamFlows):
         self.jobs = jobs
+        self.manager = manager
+        self.flows = flows
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -171,6 +179,7 @@ class RespondAsync:
         detach(flow)  # answered here, whatever happens
         try:
             request = to_upstream_request(flow, route)
+            self.flows.watch(flow, request, self.manager.gateway.services)
             request.headers.popall("Prefer", None)  # the preference was for us; the upstream is synchronous
             job_id = await self.jobs.submit(service, request)
         except AmbassadorError as e:

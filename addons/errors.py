@@ -21,6 +21,7 @@ STATUS_BY_REASON = {
     "only_if_cached": 504,
     "upstream_error": 502,
     "internal_error": 500,
+    "not_ready": 503,
 }
 
 

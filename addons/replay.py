@@ -1,17 +1,19 @@
 """Replay: the upstreams answered from a recording (`./run.sh replay FILE`), never the network.
 
-A recording is a mitmproxy flow file made by `./run.sh record` (mitmproxy's `save_stream_file`).
-Each client flow the ambassador routed names its upstream and the URL it requested there
-(`flow.metadata["ambassador"]`); replay indexes the answers by upstream name, method, path and
-query at the upstream, and body. So a recording serves a request whichever door it comes in
-by (a path route or a proxy request to a `match.host`), one upstream's recording never answers
-for another, and the upstream's origin is not compared: a recording made against a partner's
-staging host answers a profile that points elsewhere.
+A recording is a mitmproxy flow file made by `./run.sh record` (mitmproxy's `save_stream_file`),
+which holds every exchange the ambassador made with an upstream as a flow of its own
+(`upstream_flows.py`). Replay answers each exchange from the last recorded answer of the same
+upstream (by name) to the same method, path and query at the upstream (without the credential
+the auth stage adds) and body. So a recording serves a request whichever door it comes in by
+(a path route, a proxy request to a `match.host`, an aggregate part, a batch item, an async
+job), one upstream's recording never answers for another, and the upstream's origin is not
+compared: a recording made against a partner's staging host answers a profile that points
+elsewhere.
 
-Replay answers inside the upstream's service, before its stages: aggregate parts, batch items
-and async jobs are answered from the recording too, and no stage (a token fetch included)
-reaches the network. What the recorded answer says of the recording's own exchange (`X-Cache`,
-`X-Ambassador-Attempts`) is left out: the answer reports what happened in replay.
+Replay answers in place of the network, so every stage still runs and the answer reports what
+happened in replay (`X-Cache`, `X-Ambassador-Attempts`), except the auth stage: no credential
+is needed offline, and a token endpoint is network too. Recordings made before exchanges were
+recorded as flows of their own hold none, and answer nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http, io
 from multidict import CIMultiDict
@@ -29,16 +30,7 @@ from .exchange import UpstreamRequest, UpstreamResponse
 
 log = logging.getLogger("ambassador")
 
-# Set by the ambassador about the recording's own exchange, not part of the upstream's answer.
-REPORTING_HEADERS = ("X-Cache", "X-Ambassador-Attempts", "X-Ambassador-Upstream")
-
 Key = tuple[str, str, str, bytes]
-
-
-def upstream_path(url: str) -> str:
-    """The path and query of a URL at the upstream."""
-    parts = urlsplit(url)
-    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 @dataclass(frozen=True)
@@ -52,10 +44,10 @@ class Recording:
         answers: dict[Key, UpstreamResponse] = {}
         for flow in flows:
             notes = getattr(flow, "metadata", {}).get("ambassador", {})
-            if not isinstance(flow, http.HTTPFlow) or flow.response is None or "upstream_url" not in notes:
-                continue  # not an exchange the ambassador routed (an admin request, a refusal)
-            key = (notes["upstream"], flow.request.method, upstream_path(notes["upstream_url"]), flow.request.raw_content or b"")
-            answers.setdefault(key, recorded_answer(flow.response))  # the first of repeated requests
+            if not isinstance(flow, http.HTTPFlow) or notes.get("exchange") != "try" or flow.response is None:
+                continue  # a client's flow, a token fetch, a try that got no answer
+            key = (notes["upstream"], flow.request.method, notes["upstream_path"], flow.request.raw_content or b"")
+            answers[key] = recorded_answer(flow.response)  # the last try's: the answer that was used
         return cls(answers)
 
     def answer(self, upstream: str, request: UpstreamRequest) -> UpstreamResponse | None:
@@ -64,8 +56,6 @@ class Recording:
 
 def recorded_answer(response: http.Response) -> UpstreamResponse:
     headers = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.fields)
-    for name in REPORTING_HEADERS:
-        headers.popall(name, None)
     return UpstreamResponse(response.status_code, response.reason, headers, response.raw_content or b"")
 
 

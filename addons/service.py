@@ -169,6 +169,11 @@ class UpstreamService:
         auth = self.stage("auth")
         return auth.secret_forms() if auth is not None else []
 
+    def without_credential(self, path: str) -> str:
+        """A path as sent to the upstream, without the credential the auth stage put in it."""
+        auth = self.stage("auth")
+        return auth.without_credential(path) if auth is not None else path
+
     def _run(self, chain: list[Stage], index: int, request: UpstreamRequest) -> Awaitable[UpstreamResponse]:
         if index == len(chain):
             return self.send_once(request)

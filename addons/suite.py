@@ -34,6 +34,7 @@ from .exchange import UpstreamRequest, UpstreamResponse, client_request
 from .gateway import Gateway
 from .operations import AdminCommands, ConnectionLog, ExchangeObserver, MetricsEndpoint
 from .replay import Replay
+from .upstream_flows import UpstreamFlows
 from .profile import ADMIN_PREFIX, PROFILES_DIR, Profile, ProfileError, load_profile, resolve_profile_name
 from .routing import Route, is_admin_path, names_ambassador
 from .service import UpstreamService
@@ -252,6 +253,10 @@ class Router:
 class Forwarder:
     """Performs the exchange with the matched upstream and hands mitmproxy the answer."""
 
+    def __init__(self, manager: ProfileManager, flows: UpstreamFlows):
+        self.manager = manager
+        self.flows = flows
+
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
             return
@@ -262,6 +267,7 @@ class Forwarder:
         upstream_request = None
         try:
             upstream_request = to_upstream_request(flow, route)
+            self.flows.watch(flow, upstream_request, self.manager.gateway.services)
             answer = await service.handle(upstream_request)
         except AmbassadorError as e:
             e.upstream = e.upstream or service.upstream.name
@@ -367,17 +373,28 @@ class AmbassadorAddons:
         self.children = make_addons() if children is None else children
         self.manager: ProfileManager = self.children[0]
         self.last = [NoDirectUpstream(), ExchangeObserver()]
-        for name in hooks.all_hooks.keys() - {"load", "request"}:
+        for name in hooks.all_hooks.keys() - {"load", "requestheaders", "request"}:
             first, last = _hooks(self.children, name), _hooks(self.last, name)
             if first or last:
                 setattr(self, name, _call_in_turn(first, last))
+        self.requestheaders_hook = _call_in_turn(_hooks(self.children, "requestheaders"), _hooks(self.last, "requestheaders"))
         routed = [child for child in self.children if not getattr(child, "admin_only", False)]
         self.request_hooks = {
             True: _call_in_turn(_hooks(self.children, "request"), _hooks(self.last, "request")),
             False: _call_in_turn(_hooks(routed, "request"), _hooks(self.last, "request")),
         }
 
+    def requestheaders(self, flow: http.HTTPFlow):
+        if self.manager.gateway is None:
+            # Listening, but no profile yet (mitmproxy opens its listeners before it loads
+            # scripts), or start-up refused one and the ambassador is about to exit.
+            flow.response = error_response(AmbassadorError("not_ready", "the ambassador has no profile loaded yet"))
+            return None
+        return self.requestheaders_hook(flow)
+
     def request(self, flow: http.HTTPFlow):
+        if self.manager.gateway is None:
+            return None  # answered at its header block
         return self.request_hooks[is_admin_path(flow.request.path)](flow)
 
     def load(self, loader) -> None:
@@ -428,19 +445,21 @@ def make_addons() -> list:
 
     manager = ProfileManager()
     jobs = Jobs()
+    flows = UpstreamFlows()
     return [
         manager,
         SidecarDefaults(),
         Replay(manager),
+        flows,
         ClientGate(manager),
         MetricsEndpoint(),
-        Aggregates(manager),
-        Batch(manager),
+        Aggregates(manager, flows),
+        Batch(manager, flows),
         JobEndpoint(jobs),
         AdminEndpoints(manager),
         Router(manager),
-        RespondAsync(jobs),
-        Forwarder(),
+        RespondAsync(jobs, manager, flows),
+        Forwarder(manager, flows),
         ConnectionLog(),
         AdminCommands(manager),
         ClientLimits(),

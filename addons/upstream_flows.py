@@ -20,13 +20,15 @@ console) or keep them (`save_stream_file`, so under `./run.sh record`), `on` alw
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 from mitmproxy import connection, ctx, exceptions, flow, http
 from mitmproxy.proxy.layers.http import HttpErrorHook, HttpResponseHook
 
-from .exchange import UpstreamExchange
+from .exchange import UpstreamExchange, UpstreamRequest
+from .service import UpstreamService
 
 MODES = ("auto", "on", "off")
 
@@ -109,21 +111,29 @@ class UpstreamFlows:
             saving = bool(ctx.options.save_stream_file) if "save_stream_file" in ctx.options else False
             self.enabled = wanted(mode, ctx.master.addons.get("view") is not None, saving)
 
-    def observer(self, client_flow: http.HTTPFlow | None, redact: Redact) -> Callable[[UpstreamExchange], None] | None:
-        """What to tell of each exchange made for `client_flow` (None: nothing, flows are off)."""
+    def watch(self, client_flow: http.HTTPFlow, request: UpstreamRequest, services: Mapping[str, UpstreamService]) -> None:
+        """Make a flow of each exchange made for `request` (and its copies), as it ends."""
         if not self.enabled:
-            return None
-        count = {"try": 0}
+            return
+        tries: Counter[str] = Counter()
 
         def observe(exchange: UpstreamExchange) -> None:
+            service = services.get(exchange.upstream)
+            if service is None:
+                return
             if exchange.kind == "try":
-                count["try"] += 1
-            self.add(child_flow(exchange, redact, client_flow), exchange, count["try"], client_flow)
+                tries[exchange.upstream] += 1
+            child = child_flow(exchange, service.redact, client_flow)
+            path = urlsplit(exchange.url)
+            requested = service.without_credential((path.path or "/") + (f"?{path.query}" if path.query else ""))
+            self.add(child, exchange, tries[exchange.upstream], client_flow, requested)
 
-        return observe
+        request.observer = observe
 
-    def add(self, child: http.HTTPFlow, exchange: UpstreamExchange, number: int, client_flow: http.HTTPFlow | None) -> None:
-        notes = {"upstream": exchange.upstream, "exchange": exchange.kind, "try": number}
+    def add(self, child: http.HTTPFlow, exchange: UpstreamExchange, number: int, client_flow: http.HTTPFlow, requested: str) -> None:
+        # `upstream_path`: the path the request had at the upstream, without the credential;
+        # replay matches on it (see replay.py).
+        notes = {"upstream": exchange.upstream, "exchange": exchange.kind, "try": number, "upstream_path": requested}
         if client_flow is not None:
             notes["client_flow"] = client_flow.id
             client_flow.metadata.setdefault("ambassador", {}).setdefault("exchanges", []).append(child.id)

@@ -67,23 +67,42 @@ def read_flows(path: Path) -> list:
         return list(FlowReader(f).stream())
 
 
+def client_flows(flows: list) -> list:
+    """The clients' flows of a recording, without the upstream exchanges made for them."""
+    return [f for f in flows if "exchange" not in f.metadata.get("ambassador", {})]
+
+
 def test_recording_is_a_mitmproxy_flow_file_without_secrets(recording):
     flow_file, _ = recording
     flows = read_flows(flow_file)
-    assert [(f.request.method, f.request.path) for f in flows] == [(m, p) for m, p, _ in EXCHANGES]
-    for f in flows:
+    clients = client_flows(flows)
+    assert [(f.request.method, f.request.path) for f in clients] == [(m, p) for m, p, _ in EXCHANGES]
+    for f in clients:
         assert f.response.status_code == 200
         assert f.response.headers["X-Ambassador-Upstream"] == "partner"
         assert f.metadata["ambassador"]["upstream"] == "partner"
         assert f.request.headers["Authorization"] == "Bearer [redacted]"  # what was injected, redacted
         assert f.comment.startswith("upstream partner")
+    # Each exchange with the partner is a flow of its own: the URL it really had, the
+    # credential redacted, linked both ways with the client's flow.
+    children = {f.id: f for f in flows if f not in clients}
+    assert len(children) == len(EXCHANGES)
+    for client in clients:
+        [child_id] = client.metadata["ambassador"]["exchanges"]
+        child = children[child_id]
+        assert child.metadata["ambassador"]["client_flow"] == client.id
+        assert child.request.url.startswith(client.metadata["ambassador"]["upstream_url"].split("?")[0])
+        assert child.request.path.startswith("/api/")
+        assert child.request.headers["Authorization"] == "Bearer [redacted]"
+        assert child.response.content == client.response.content
+        assert "X-Ambassador-Upstream" not in child.response.headers  # the partner's own answer
     assert SECRET.encode() not in flow_file.read_bytes()
 
 
 def test_recording_opens_in_mitmweb(recording, tmp_path):
     flow_file, _ = recording
     with PlainMitmweb(tmp_path, flow_file) as web:
-        flows = web.flows()
+        flows = [f for f in web.flows() if f["request"]["path"].startswith("/partner")]
     assert [(f["request"]["method"], f["request"]["path"]) for f in flows] == [(m, p) for m, p, _ in EXCHANGES]
     assert all("upstream partner" in f["comment"] for f in flows)
 

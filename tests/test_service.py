@@ -10,6 +10,7 @@ from addons.errors import AmbassadorError
 from addons.exchange import UpstreamRequest
 from addons.gateway import Gateway
 from addons.profile import parse_profile
+from addons.replay import Recording
 from harness import FakeUpstream, Reply
 
 
@@ -18,10 +19,10 @@ def gateway_for(url: str) -> Gateway:
     return Gateway(parse_profile(document, Path("/tmp/p.yaml")))
 
 
-def test_offline_service_never_contacts_its_upstream():
+def test_a_replaying_service_never_contacts_its_upstream():
     with FakeUpstream(lambda req: Reply.json({})) as up:
         gateway = gateway_for(up.url)
-        gateway.set_offline(True)
+        gateway.set_replay(Recording({}))
 
         async def call():
             try:
