@@ -254,12 +254,12 @@ def test_a_request_with_less_time_gives_up_without_stopping_the_fetch(idp):
     assert token == idp.issued[0] and len(idp.token_requests) == 1
 
 
-def test_drop_forgets_only_the_refused_token(idp):
+def test_a_refusal_forgets_only_the_refused_token(idp):
     async def scenario(tokens):
         first = await tokens.token(within(5))
-        tokens.drop("something older")
+        assert tokens.refused("something older")  # replaced already: try again, no fetch
         assert await tokens.token(within(5)) == first
-        tokens.drop(first)
+        assert tokens.refused(first)
         return first, await tokens.token(within(5))
 
     tokens = manager(idp.url)
