@@ -20,7 +20,7 @@ from urllib.parse import quote, quote_plus, unquote_plus
 from .exchange import REDACTED, UpstreamRequest, UpstreamResponse
 from .oauth import TokenEndpoint, TokenManager
 from .profile import BasicAuth, BearerAuth, HeaderAuth, OAuth2ClientCredentials, QueryAuth, Upstream
-from .reflected import Secrets, redacted, searchable_accept_encoding
+from .reflected import Secrets, redacted
 from .service import Handler, Stage
 
 
@@ -46,15 +46,6 @@ def show(request: UpstreamRequest, kind: str, header: str, shown: str) -> None:
     request.notes.setdefault("shown_headers", {})[header] = shown
 
 
-def searchable(request: UpstreamRequest) -> UpstreamRequest:
-    """The request asking the upstream only for content codings its answer can be searched
-    under for a reflected secret (a browser's `br, zstd` would leave it unreadable)."""
-    if "Accept-Encoding" not in request.headers:
-        return request
-    reduced = searchable_accept_encoding(",".join(request.headers.getall("Accept-Encoding")))
-    return request if reduced is None else request.with_header("Accept-Encoding", reduced)
-
-
 AUTHORIZATION = lookalike("Authorization")
 
 
@@ -75,7 +66,7 @@ class HeaderCredential:
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
         show(request, self.kind, self.header, self.shown)
-        response = await call_next(carrying(searchable(request), self.header, self.alike, self.value))
+        response = await call_next(carrying(request, self.header, self.alike, self.value))
         return redacted(response, self.secrets, self.upstream_name)
 
     def status(self) -> dict:
@@ -106,7 +97,6 @@ class QueryCredential:
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
         request.notes["auth"] = "query"
-        request = searchable(request)
         response = await call_next(request.with_path(with_query_parameter(request.path, self.parameter, self.pair)))
         return redacted(response, self.secrets, self.upstream_name)
 
@@ -158,7 +148,6 @@ class OAuth2Credential:
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
         deadline = self.deadline_of(request)
-        request = searchable(request)
         token = await self.tokens.token(deadline, request.observer)
         response = await call_next(self.with_token(request, token))
         if response.status == 401 and self.tokens.refused(token):

@@ -6,32 +6,25 @@ the forms it took on the wire, so it redacts them once, on the answer; the cache
 batch, async jobs, recordings and the client all get the redacted answer.
 
 The common case costs one `in` per form on the body and on each header value, and allocates
-nothing. A gzip or deflate body is decoded to be searched (at most DECODED_MAX bytes): when it
-holds a secret, the client gets it decoded, redacted and without Content-Encoding; otherwise
-the compressed bytes as they came. Other codings cannot be searched: the auth stage asks the
-upstream only for codings it can decode, and refuses an answer in any other.
+nothing. A compressed body (gzip, deflate, br, zstd) is decoded to be searched, within the
+bound on every body the ambassador decodes (`bounded.py`): when it holds a secret, the client
+gets it decoded, redacted and without Content-Encoding; otherwise the compressed bytes as they
+came. A body that cannot be searched (another coding, corrupt, over the bound) is refused:
+it could hold the secret.
 """
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import replace
-from functools import lru_cache
 from typing import Iterable
 
 from multidict import CIMultiDict
 
+from .bounded import TooLarge, Undecodable, decoded, too_large
 from .errors import AmbassadorError
 from .exchange import REDACTED, UpstreamResponse
 
 REDACTED_BYTES = REDACTED.encode()
-# The same bound as for every body the ambassador decompresses (aggregate parts, batch items...).
-DECODED_MAX = 16 * 1024 * 1024
-# Content-Encoding values a body can be searched under, with the zlib window bits to try:
-# deflate is zlib-wrapped (RFC 9110), but some servers send it raw.
-WINDOW_BITS = {"gzip": (16 + zlib.MAX_WBITS,), "x-gzip": (16 + zlib.MAX_WBITS,), "deflate": (zlib.MAX_WBITS, -zlib.MAX_WBITS)}
-# What the auth stage lets the client's Accept-Encoding ask for.
-ACCEPTED_CODINGS = frozenset({*WINDOW_BITS, "identity"})
 
 
 class Secrets:
@@ -95,36 +88,12 @@ def redacted(response: UpstreamResponse, secrets: Secrets, upstream_name: str) -
 
 
 def decoded_body(body: bytes, coding: str, upstream_name: str) -> bytes:
-    """A gzip or deflate body decoded, at most DECODED_MAX bytes of it. AmbassadorError for a
-    body that cannot be searched: another coding, a corrupt body, or a larger one."""
-    attempts = WINDOW_BITS.get(coding)
-    if attempts is None:
+    """The body without its Content-Encoding; AmbassadorError when it cannot be searched."""
+    try:
+        return decoded(body, coding)
+    except TooLarge:
+        raise too_large(upstream_name, "a body that inflates") from None
+    except Undecodable as e:
         raise AmbassadorError(
-            "upstream_error",
-            f"upstream {upstream_name} answered with Content-Encoding {coding[:50]!r}, which cannot be checked for a reflected credential",
-            upstream_name,
-        )
-    for bits in attempts:
-        decoder = zlib.decompressobj(bits)
-        try:
-            decoded = decoder.decompress(body, DECODED_MAX)
-        except zlib.error:
-            continue
-        if decoder.unconsumed_tail:
-            raise AmbassadorError(
-                "too_large", f"upstream {upstream_name} answered with a body over {DECODED_MAX} bytes decoded", upstream_name, status=502
-            )
-        if decoder.eof:
-            return decoded
-    raise AmbassadorError("upstream_error", f"upstream {upstream_name} answered with a corrupt {coding} body", upstream_name)
-
-
-@lru_cache(maxsize=64)  # clients send the same few values over and over
-def searchable_accept_encoding(value: str) -> str | None:
-    """The client's Accept-Encoding reduced to codings a body can be searched under; None when
-    it names none other (the header is then left as it is)."""
-    codings = [part for part in value.split(",") if part.strip()]
-    kept = [part for part in codings if part.split(";", 1)[0].strip().lower() in ACCEPTED_CODINGS]
-    if len(kept) == len(codings):
-        return None
-    return ",".join(kept).strip() or "identity"
+            "upstream_error", f"upstream {upstream_name} answered with a body that cannot be checked for a reflected credential: {e}", upstream_name
+        ) from None
