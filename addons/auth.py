@@ -6,6 +6,8 @@ from the injected one only by case or `_` for `-`, which CGI-style frameworks re
 variable (`X_Api_Key` and `X-Api-Key` are both HTTP_X_API_KEY). The stage notes the kind of
 credential (`notes["auth"]`) and the header as it may be shown (`notes["shown_headers"]`,
 e.g. "Bearer [redacted]"), which the Forwarder writes onto the flow instead of the secret.
+Where the upstream echoes the secret in its answer, the stage redacts it there too
+(`reflected.py`), so no door hands it to the client, the cache or a recording.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from urllib.parse import quote, quote_plus, unquote_plus
 from .exchange import REDACTED, UpstreamRequest, UpstreamResponse
 from .oauth import TokenEndpoint, TokenManager
 from .profile import BasicAuth, BearerAuth, HeaderAuth, OAuth2ClientCredentials, QueryAuth, Upstream
+from .reflected import Secrets, redacted
 from .service import Handler, Stage
 
 
@@ -51,17 +54,20 @@ class HeaderCredential:
 
     name = "auth"
 
-    def __init__(self, kind: str, header: str, value: str, shown: str, forms: tuple[str, ...]):
+    def __init__(self, upstream_name: str, kind: str, header: str, value: str, shown: str, forms: tuple[str, ...]):
+        self.upstream_name = upstream_name
         self.kind = kind
         self.header = header
         self.alike = lookalike(header)
         self.value = value
         self.shown = shown
         self.forms = forms  # the secret as it may appear in text (see secret_forms)
+        self.secrets = Secrets(forms)
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
         show(request, self.kind, self.header, self.shown)
-        return await call_next(carrying(request, self.header, self.alike, self.value))
+        response = await call_next(carrying(request, self.header, self.alike, self.value))
+        return redacted(response, self.secrets, self.upstream_name)
 
     def status(self) -> dict:
         return {"type": self.kind}
@@ -82,14 +88,17 @@ class QueryCredential:
 
     name = "auth"
 
-    def __init__(self, parameter: str, value: str):
+    def __init__(self, upstream_name: str, parameter: str, value: str):
+        self.upstream_name = upstream_name
         self.parameter = parameter
         self.pair = f"{quote(parameter, safe='')}={quote(value, safe='')}"
-        self.forms = forms_of(value, quote(value, safe=""), quote_plus(value))
+        self.forms = forms_of(*on_the_wire(value))
+        self.secrets = Secrets(self.forms)
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
         request.notes["auth"] = "query"
-        return await call_next(request.with_path(with_query_parameter(request.path, self.parameter, self.pair)))
+        response = await call_next(request.with_path(with_query_parameter(request.path, self.parameter, self.pair)))
+        return redacted(response, self.secrets, self.upstream_name)
 
     def status(self) -> dict:
         return {"type": "query"}
@@ -109,6 +118,12 @@ def forms_of(*forms: str) -> tuple[str, ...]:
     return tuple(sorted({f for f in forms if f}, key=len, reverse=True))
 
 
+def on_the_wire(secret: str) -> tuple[str, str, str]:
+    """A secret as sent, and percent-encoded as a query value or a URL echoed in a Location
+    carries it (`%2F`; `+` for a space)."""
+    return secret, quote(secret, safe=""), quote_plus(secret)
+
+
 def with_query_parameter(path: str, name: str, pair: str) -> str:
     """`path` with every `name` parameter removed and the encoded `pair` appended.
 
@@ -121,25 +136,32 @@ def with_query_parameter(path: str, name: str, pair: str) -> str:
 
 
 class OAuth2Credential:
-    """A bearer token from the upstream's token endpoint; a 401 answer renews it once."""
+    """A bearer token from the upstream's token endpoint; a 401 answer renews it once, unless
+    another 401 renewed it moments ago (see TokenManager.refused)."""
 
     name = "auth"
 
     def __init__(self, tokens: TokenManager, deadline_of: Callable[[UpstreamRequest], float]):
         self.tokens = tokens
         self.deadline_of = deadline_of  # the service's: token waits count against the request's timeout
+        self.token_secrets: tuple[str, Secrets] = ("", Secrets(()))  # the last token's, made once per token
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
         deadline = self.deadline_of(request)
         token = await self.tokens.token(deadline, request.observer)
         response = await call_next(self.with_token(request, token))
-        if response.status != 401:
-            return response
-        # Revoked or expired early: the next token, then one more try with it.
-        self.tokens.drop(token)
-        request.notes["auth_renewed"] = True
-        token = await self.tokens.token(deadline, request.observer)
-        return await call_next(self.with_token(request, token))
+        if response.status == 401 and self.tokens.refused(token):
+            # Revoked or expired early: the next token, then one more try with it.
+            request.notes["auth_renewed"] = True
+            token = await self.tokens.token(deadline, request.observer)
+            response = await call_next(self.with_token(request, token))
+        return redacted(response, self.secrets_of(token), self.tokens.upstream_name)
+
+    def secrets_of(self, token: str) -> Secrets:
+        """What the answer to a request carrying `token` may echo."""
+        if self.token_secrets[0] != token:
+            self.token_secrets = (token, Secrets(forms_of(*on_the_wire(token))))
+        return self.token_secrets[1]
 
     @staticmethod
     def with_token(request: UpstreamRequest, token: str) -> UpstreamRequest:
@@ -164,15 +186,16 @@ def auth_stage(upstream: Upstream, deadline_of: Callable[[UpstreamRequest], floa
     (no line breaks, usable header names, RFC 7617)."""
     match upstream.auth:
         case BearerAuth(token):
-            return HeaderCredential("bearer", "Authorization", f"Bearer {token}", f"Bearer {REDACTED}", forms_of(token))
+            forms = forms_of(*on_the_wire(token))
+            return HeaderCredential(upstream.name, "bearer", "Authorization", f"Bearer {token}", f"Bearer {REDACTED}", forms)
         case BasicAuth(username, password):
             pair = base64.b64encode(f"{username}:{password}".encode()).decode()
-            forms = forms_of(pair, f"{username}:{password}", password)
-            return HeaderCredential("basic", "Authorization", f"Basic {pair}", f"Basic {REDACTED}", forms)
+            forms = forms_of(pair, f"{username}:{password}", *on_the_wire(password))
+            return HeaderCredential(upstream.name, "basic", "Authorization", f"Basic {pair}", f"Basic {REDACTED}", forms)
         case HeaderAuth(header, value):
-            return HeaderCredential("header", header, value, REDACTED, forms_of(value))
+            return HeaderCredential(upstream.name, "header", header, value, REDACTED, forms_of(*on_the_wire(value)))
         case QueryAuth(parameter, value):
-            return QueryCredential(parameter, value)
+            return QueryCredential(upstream.name, parameter, value)
         case OAuth2ClientCredentials() as policy:
             # The token endpoint is contacted with the upstream's TLS settings (trusted CAs,
             # client certificate): it is usually the same partner. But the client secret only

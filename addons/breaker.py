@@ -135,6 +135,15 @@ class Breaker(pybreaker.CircuitBreakerListener):
             self.on_change(new_state.name)
 
 
+def clients_own_timeout(client_timeout: float | None, upstream_timeout: float, try_bound: float, elapsed: float) -> bool:
+    """Whether a try that timed out after `elapsed` seconds was cut short by the client: it
+    asked for less time (X-Ambassador-Timeout) than the upstream's `timeout`, and the try
+    ended before its own bound (the upstream's `timeout`, or the retry policy's shorter
+    `try_timeout`). Such a failure is the client's choice, not the upstream's health, and must
+    not open the breaker for every app."""
+    return client_timeout is not None and client_timeout < upstream_timeout and elapsed < try_bound
+
+
 class BreakerStage:
     """The `breaker` stage: asks the breaker before each attempt and tells it the outcome.
 
@@ -144,9 +153,17 @@ class BreakerStage:
 
     name = "breaker"
 
-    def __init__(self, upstream_name: str, policy: BreakerPolicy, shared: SharedBreakerState | None = None):
+    def __init__(
+        self,
+        upstream_name: str,
+        policy: BreakerPolicy,
+        shared: SharedBreakerState | None = None,
+        timeouts: tuple[float, float] = (math.inf, math.inf),
+    ):
         self.upstream_name = upstream_name
         self.policy = policy
+        # The upstream's `timeout` and its bound for one try: what clients_own_timeout weighs.
+        self.upstream_timeout, self.try_bound = timeouts
         self.local = Breaker(upstream_name, policy, self.observe)
         self.shared = shared
         self.shared_down_until: float | None = None  # set while falling back to the local breaker
@@ -178,7 +195,12 @@ class BreakerStage:
         try:
             response = await call_next(request)
         except AmbassadorError as e:
-            if e.reason in FAILURE_REASONS:
+            if e.reason in FAILURE_REASONS and not (
+                e.reason == "timeout"
+                and clients_own_timeout(
+                    request.client_timeout, self.upstream_timeout, self.try_bound, time.monotonic() - request.started
+                )
+            ):
                 await self.record(ticket, failed=True)
             else:
                 self.release(ticket)
@@ -308,4 +330,7 @@ def breaker_stage(upstream: Upstream, state_url: str | None) -> BreakerStage:
         # then was lost with its instance, and new trials may go.
         trial_lease = upstream.timeout + 1.0
         shared = SharedBreakerState.connect(state_url, upstream.name, upstream.breaker, trial_lease)
-    return BreakerStage(upstream.name, upstream.breaker, shared)
+    try_bound = upstream.timeout
+    if upstream.retry and upstream.retry.try_timeout:
+        try_bound = min(try_bound, upstream.retry.try_timeout)
+    return BreakerStage(upstream.name, upstream.breaker, shared, (upstream.timeout, try_bound))

@@ -39,6 +39,9 @@ class UpstreamRequest:
     headers: CIMultiDict[str]  # end-to-end headers only; Host and Content-Length are the transport's
     body: bytes = b""
     timeout: float | None = None  # shortens the upstream's own timeout, never lengthens it
+    # The client's X-Ambassador-Timeout as it asked, kept when the retry stage sets `timeout`
+    # per try: a timeout the client caused says nothing about the upstream's health.
+    client_timeout: float | None = None
     retries: int | None = None  # X-Ambassador-Retries: lowers the retry policy's tries, never raises them
     # Answer bytes read at most, below body_size_limit: answers the ambassador holds whole
     # (aggregate parts, batch items, SOAP, async jobs) fail with too_large beyond it.
@@ -105,6 +108,7 @@ def client_request(method: str, route: Route, headers: CIMultiDict[str], body: b
         headers=end_to_end(headers, *TRANSPORT_OWNED, *ambassador_headers),
         body=body,
         timeout=timeout,
+        client_timeout=timeout,
         retries=retries,
     )
 

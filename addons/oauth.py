@@ -5,7 +5,9 @@ that need a token while it is being fetched wait for that one fetch (single flig
 is refreshed in the background once most of its lifetime has passed, and is never handed out
 after it expired: when it has expired, requests wait for a new one instead. A failed or
 garbled answer from the token endpoint is retried with backoff within the upstream's timeout;
-a failure is never remembered, so the next request tries again.
+a failure is never remembered, so the next request tries again. An upstream's 401 renews the
+token at most once every REFUSAL_REFETCH_PACE seconds: a partner refusing every token must
+not turn each request into a token fetch.
 
 Plain Python and asyncio; the token endpoint is contacted with aiohttp, never blocking.
 """
@@ -48,6 +50,8 @@ REFUSALS = frozenset({400, 401, 403})
 DETAIL_MAX = 200
 RECENT_TOKENS = 4  # tokens obtained that redaction still recognises (requests in flight may carry older ones)
 TOKEN_RE = re.compile(r"[\x21-\x7e]+\Z")  # visible ASCII: fits an Authorization header as it is
+# Seconds between token fetches caused by the upstream's 401 answers.
+REFUSAL_REFETCH_PACE = 5.0
 
 
 class TokenError(Exception):
@@ -128,6 +132,23 @@ def _oauth_error(body: bytes) -> str:
 def backoff(attempt: int) -> float:
     """Exponential backoff with full jitter: a random pause up to 100ms, 200ms, 400ms... 2s."""
     return random.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
+
+
+class Pacer:
+    """Lets something happen at most once every `interval` seconds; the first time always."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self.last: float | None = None
+
+    def ready(self) -> bool:
+        """Whether it may happen now; if so, the next time is `interval` from now."""
+        now = self.clock()
+        if self.last is not None and now - self.last < self.interval:
+            return False
+        self.last = now
+        return True
 
 
 class TokenEndpoint:
@@ -224,6 +245,8 @@ class TokenManager:
         self.fetches = 0
         self.failures = 0
         self.last_error: str | None = None
+        self.refusal_refetches = Pacer(REFUSAL_REFETCH_PACE)
+        self.refusals_paced = 0
 
     async def token(self, deadline: float, observer: Callable[[UpstreamExchange], None] | None = None) -> str:
         """A token that has not expired; raises AmbassadorError(auth_failed) by `deadline`.
@@ -247,10 +270,21 @@ class TokenManager:
             raise self._failed("the token had expired by the time it arrived")
         return token.value
 
-    def drop(self, value: str) -> None:
-        """The upstream refused `value` (401): forget it, unless a newer token replaced it already."""
-        if self.current is not None and self.current.value == value:
-            self.current = None
+    def refused(self, value: str) -> bool:
+        """The upstream answered 401 to `value`: may the request try again with another token?
+
+        Yes when a newer token replaced it already, or is being fetched (concurrent 401s cause
+        one fetch); yes, and it is forgotten so that `token()` fetches the next, when no 401
+        caused a fetch in the last REFUSAL_REFETCH_PACE seconds; no otherwise: that 401 is the
+        answer.
+        """
+        if self.current is None or self.current.value != value:
+            return True
+        if not self.refusal_refetches.ready():
+            self.refusals_paced += 1
+            return False
+        self.current = None
+        return True
 
     def _fetching(self, observer: Callable[[UpstreamExchange], None] | None) -> asyncio.Task:
         if self.fetch is None:
@@ -301,6 +335,7 @@ class TokenManager:
         return {
             "token_fetches": self.fetches,
             "token_failures": self.failures,
+            "refusals_not_refetched": self.refusals_paced,
             "token_expires_in": expires_in,
             "last_problem": self.last_error,
         }

@@ -8,6 +8,7 @@ for `FakeUpstream` on 127.0.0.1. Shared by the OAuth2 unit and end-to-end tests.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import threading
 import time
@@ -80,9 +81,16 @@ class IdentityProvider:
             self.resource_requests.append(authorization)
             token = authorization[len("Bearer "):] if authorization and authorization.startswith("Bearer ") else None
             ok = token is not None and self.valid.get(token, 0) > time.monotonic()
+            number = self.issued.index(token) if ok else None
         if not ok:
             return Reply.json({"error": "invalid_token"}, 401, [("WWW-Authenticate", 'Bearer error="invalid_token"')])
-        return Reply.json({"path": req.path, "token": token})
+        # Which token it was, by its number in `issued`: a token echoed as it is would reach
+        # the client as "[redacted]".
+        return Reply.json({"path": req.path, "token_number": number})
+
+    def token_in(self, body: bytes) -> str:
+        """The token a resource answer says it was called with."""
+        return self.issued[json.loads(body)["token_number"]]
 
     def revoke_all(self) -> None:
         with self.lock:

@@ -73,3 +73,37 @@ def test_client_headers_that_read_as_the_credential_header_are_dropped(policy, h
     _, (_, headers) = run_stage(policy, headers=[*((name, "client-value") for name in client), ("X_Other_Key", "kept"), ("Accept", "*/*")])
     assert [(k, v) for k, v in headers.items() if k.lower().replace("_", "-") == header.lower().replace("_", "-")] == [(header, injected)]
     assert headers["X_Other_Key"] == "kept" and headers["Accept"] == "*/*"
+
+
+def echoing_stage(policy):
+    """The stage in front of an upstream that echoes the request it got, in a header and the body."""
+    upstream = Upstream(name="partner", url=upstream_url("http://127.0.0.1:9"), match=Match(path_prefix="/p"), auth=policy)
+    stage = auth_stage(upstream, deadline_of=lambda request: request.started + 5)
+    sent = []
+
+    async def echo(r):
+        sent.append(r)
+        seen = " ".join([r.path, *r.headers.values()])
+        return UpstreamResponse(200, "OK", CIMultiDict({"X-Seen": seen}), seen.encode())
+
+    answer = asyncio.run(stage(UpstreamRequest("GET", "/p", CIMultiDict()), echo))
+    return answer, sent[0]
+
+
+@pytest.mark.parametrize(
+    "policy, on_the_wire, also_secret",
+    [
+        (BearerAuth("t0k-en"), "t0k-en", None),
+        (BasicAuth("u", "pa ss"), "dTpwYSBzcw==", "pa ss"),  # base64 of u:pa ss, and the password
+        (HeaderAuth("X-Api-Key", "k3y"), "k3y", None),
+        (QueryAuth("key", "s3/cr3t"), "s3%2Fcr3t", "s3/cr3t"),
+    ],
+)
+def test_every_static_credential_echoed_back_is_redacted(policy, on_the_wire, also_secret):
+    answer, sent = echoing_stage(policy)
+    assert on_the_wire in " ".join([sent.path, *sent.headers.values()])  # it was sent
+    for text in (answer.headers["X-Seen"], answer.body.decode()):
+        assert "[redacted]" in text
+        assert on_the_wire not in text
+        assert also_secret is None or also_secret not in text
+    assert answer.headers["X-Seen"] == answer.body.decode()

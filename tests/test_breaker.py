@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict
 
 from addons import metrics
-from addons.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerStage
+from addons.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerStage, clients_own_timeout
 from addons.errors import AmbassadorError
 from addons.exchange import UpstreamRequest, UpstreamResponse
 from addons.profile import BreakerPolicy
@@ -243,3 +243,36 @@ def test_stage_gives_back_the_trial_of_a_cancelled_request():
 
     assert asyncio.run(scenario()).status == 200
     assert stage.status() == CLOSED
+
+
+# --- timeouts the client asked for ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("client_timeout, upstream_timeout, try_bound, elapsed, excused", [
+    (0.001, 5.0, 5.0, 0.002, True),  # X-Ambassador-Timeout: 1ms against a 5s upstream
+    (None, 5.0, 5.0, 5.0, False),  # the upstream's own timeout
+    (10.0, 5.0, 5.0, 5.0, False),  # a longer client timeout is not in force
+    (None, 10.0, 1.0, 0.8, False),  # a last try cut short by the upstream's own timeout
+    (3.0, 10.0, 1.0, 1.0, False),  # the retry policy's try_timeout fired: a real failure
+    (3.0, 10.0, 1.0, 0.8, True),  # the last try, cut short by what was left of the client's 3s
+])
+def test_a_timeout_is_the_clients_own_when_it_asked_for_less_and_the_try_ended_earlier(
+    client_timeout, upstream_timeout, try_bound, elapsed, excused
+):
+    assert clients_own_timeout(client_timeout, upstream_timeout, try_bound, elapsed) is excused
+
+
+def test_stage_does_not_count_timeouts_the_client_asked_for():
+    stage = BreakerStage("up", BreakerPolicy(fail_max=1), timeouts=(5.0, 5.0))
+
+    async def scenario():
+        for _ in range(5):
+            impatient = UpstreamRequest("GET", "/x", CIMultiDict(), timeout=0.001, client_timeout=0.001)
+            with pytest.raises(AmbassadorError):
+                await stage(impatient, fail_with("timeout"))
+            assert stage.status() == CLOSED
+        with pytest.raises(AmbassadorError):
+            await stage(request(), fail_with("timeout"))  # the upstream's own
+
+    asyncio.run(scenario())
+    assert stage.status() == OPEN

@@ -14,7 +14,7 @@ RESET = 1.5  # reset_timeout of the profile, seconds
 
 @pytest.fixture(scope="module")
 def upstreams():
-    names = ("failing", "hanging", "resetting", "trials", "retrial", "cached")
+    names = ("failing", "hanging", "resetting", "trials", "retrial", "cached", "impatient")
     switches = {name: Switch() for name in names}
     servers = [FakeUpstream(switches[name]) for name in names]
     for server in servers:
@@ -30,8 +30,8 @@ def amb(upstreams, tmp_path_factory):
         f"""  {name}:
     url: {server.url}
     match: {{path_prefix: /{name}}}
-    timeout: {"500ms" if name == "hanging" else "5s"}
-    breaker: {{fail_max: 3, reset_timeout: {RESET}s, half_open_max: 2}}
+    timeout: {"500ms" if name in ("hanging", "impatient") else "5s"}
+    breaker: {{fail_max: {2 if name == "impatient" else 3}, reset_timeout: {RESET}s, half_open_max: 2}}
 """ + ("    cache: {ttl: 1s, stale_if_error: 10m}\n" if name == "cached" else "")
         for name, (_, server) in upstreams.items()
     )
@@ -139,3 +139,16 @@ def test_while_open_a_stale_cached_copy_is_served_where_the_cache_allows(amb, up
     status, headers, body = amb.get("/cached/other0")
     assert status == 503 and json.loads(body)["reason"] == "circuit_open"
     assert switch.count == 4
+
+
+def test_timeouts_a_client_asked_for_do_not_open_it_real_ones_still_do(amb, upstreams):
+    switch, _ = upstreams["impatient"]
+    switch.reply = Reply(200, body=b"slow", delay=1)
+    for _ in range(6):  # fail_max is 2
+        status, _, body = amb.get("/impatient/x", {"X-Ambassador-Timeout": "1ms"})
+        assert status == 504 and json.loads(body)["reason"] == "timeout"
+    assert amb.status()["upstreams"]["impatient"]["breaker"] == "closed"
+    for _ in range(2):  # the upstream's own 500ms
+        assert amb.get("/impatient/x")[0] == 504
+    assert amb.status()["upstreams"]["impatient"]["breaker"] == "open"
+    assert_refused(amb, "impatient")

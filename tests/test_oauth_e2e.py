@@ -20,7 +20,24 @@ SCENARIOS = {
     "garbage": ({}, ""),
     "body-style": ({}, "auth_style: body\n      scope: reports"),
     "refusing": ({}, ""),
+    "paced": ({"delay": 0.2}, ""),
 }
+
+
+class HeldRefusals:
+    """The identity provider's resource, whose 401 answers can be held until `parties`
+    requests are refused at once: every one of them reaches the ambassador with the same
+    refused token, whatever the scheduling."""
+
+    def __init__(self, idp: IdentityProvider):
+        self.idp = idp
+        self.barrier: threading.Barrier | None = None
+
+    def __call__(self, req):
+        reply = self.idp.resource(req)
+        if reply.status == 401 and self.barrier is not None:
+            self.barrier.wait(timeout=10)
+        return reply
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +47,8 @@ def partners():
         for name, (arguments, _) in SCENARIOS.items():
             idp = IdentityProvider("app-" + name, "secret-" + name, **arguments)
             resource = idp.resource if name != "refusing" else lambda req: Reply.json({"error": "invalid_token"}, 401)
+            if name == "paced":
+                resource = idp.held = HeldRefusals(idp)
             idp.auth, idp.api = FakeUpstream(idp.token_endpoint).__enter__(), FakeUpstream(resource).__enter__()
             started.append(idp)
         yield dict(zip(SCENARIOS, started))
@@ -62,10 +81,6 @@ def amb(partners, tmp_path_factory):
         yield a
 
 
-def token_of(body: bytes) -> str:
-    return json.loads(body)["token"]
-
-
 def test_twenty_concurrent_requests_cause_one_token_fetch(amb, partners):
     idp = partners["concurrent"]
     results = [None] * 20
@@ -80,7 +95,7 @@ def test_twenty_concurrent_requests_cause_one_token_fetch(amb, partners):
         t.join()
     assert [status for status, _, _ in results] == [200] * 20
     assert len(idp.token_requests) == 1
-    assert {token_of(body) for _, _, body in results} == {idp.issued[0]}
+    assert {idp.token_in(body) for _, _, body in results} == {idp.issued[0]}
     # the client's own credential was replaced, never forwarded
     assert idp.resource_requests == [f"Bearer {idp.issued[0]}"] * 20
     assert idp.token_requests[0]["form"] == {"grant_type": "client_credentials", "scope": "read write"}
@@ -101,15 +116,15 @@ def test_body_style_sends_the_client_credentials_in_the_form(amb, partners):
 def test_a_revoked_token_is_dropped_and_the_request_retried_once(amb, partners):
     idp = partners["revoked"]
     status, _, body = amb.get("/revoked/a")
-    assert status == 200 and token_of(body) == idp.issued[0]
+    assert status == 200 and idp.token_in(body) == idp.issued[0]
     idp.revoke_all()
     status, _, body = amb.get("/revoked/b")
     assert status == 200, body
-    assert token_of(body) == idp.issued[1]
+    assert idp.token_in(body) == idp.issued[1]
     assert len(idp.token_requests) == 2
     assert idp.resource_requests == [f"Bearer {idp.issued[0]}", f"Bearer {idp.issued[0]}", f"Bearer {idp.issued[1]}"]
     status, _, body = amb.get("/revoked/c")
-    assert token_of(body) == idp.issued[1] and len(idp.token_requests) == 2
+    assert idp.token_in(body) == idp.issued[1] and len(idp.token_requests) == 2
 
 
 def test_an_upstream_that_keeps_refusing_gets_one_retry_and_its_401_is_passed_on(amb, partners):
@@ -121,15 +136,53 @@ def test_an_upstream_that_keeps_refusing_gets_one_retry_and_its_401_is_passed_on
     assert len(idp.api.received) == 2
 
 
+def test_concurrent_401s_cause_one_token_fetch_and_later_401s_none_for_5_seconds(amb, partners):
+    idp = partners["paced"]
+    status, _, body = amb.get("/paced/warm-up")
+    assert status == 200 and idp.token_in(body) == idp.issued[0]
+    idp.revoke_all()
+    idp.held.barrier = threading.Barrier(10)
+    results = [None] * 10
+
+    def call(i):
+        results[i] = amb.get(f"/paced/{i}")
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    idp.held.barrier = None
+    assert [status for status, _, _ in results] == [200] * 10
+    assert {idp.token_in(body) for _, _, body in results} == {idp.issued[1]}
+    assert len(idp.token_requests) == 2  # ten 401s at once, one renewal
+    # The renewed token is refused too, moments later: no fetch, the 401 goes to the client as it is.
+    idp.revoke_all()
+    for i in range(20):
+        status, headers, body = amb.get(f"/paced/again/{i}")
+        assert status == 401 and json.loads(body) == {"error": "invalid_token"}
+        assert headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert len(idp.token_requests) == 2
+    assert amb.status()["upstreams"]["paced"]["auth"]["refusals_not_refetched"] == 20
+
+
+def test_a_partner_refusing_every_token_costs_two_fetches_not_one_per_request(amb, partners):
+    idp = partners["refusing"]
+    before = len(idp.token_requests)
+    for i in range(50):
+        assert amb.get(f"/refusing/many/{i}")[0] == 401
+    assert len(idp.token_requests) - before <= 2  # a first token and a renewal at most, in the seconds this takes
+
+
 def test_an_expired_token_is_replaced_before_use(amb, partners):
     idp = partners["expiring"]  # tokens live 1s
     status, _, body = amb.get("/expiring/a")
     assert status == 200
-    first = token_of(body)
+    first = idp.token_in(body)
     time.sleep(1.2)  # waiting out the token's lifetime is the event under test
     status, _, body = amb.get("/expiring/b")
     assert status == 200
-    assert token_of(body) != first
+    assert idp.token_in(body) != first
     # the resource never saw an expired token: every request it got was accepted
     assert len(idp.api.received) == 2
 
@@ -154,7 +207,7 @@ def test_token_endpoint_outage_gives_502_auth_failed_without_upstream_contact(am
     assert time.monotonic() - started < 1.5  # the client's shorter timeout bounds the wait for a token
     idp.down = False
     status, _, body = amb.get("/outage/y")  # the failure was not remembered
-    assert status == 200 and token_of(body) == idp.issued[0]
+    assert status == 200 and idp.token_in(body) == idp.issued[0]
 
 
 def test_garbage_from_the_token_endpoint_is_retried(amb, partners):
@@ -162,7 +215,7 @@ def test_garbage_from_the_token_endpoint_is_retried(amb, partners):
     idp.script = [Reply(200, [], b""), Reply(200, [], b"<html>oops</html>"), Reply.json({"token_type": "Bearer"})]
     status, _, body = amb.get("/garbage/x")
     assert status == 200, body
-    assert len(idp.token_requests) == 4 and token_of(body) == idp.issued[0]
+    assert len(idp.token_requests) == 4 and idp.token_in(body) == idp.issued[0]
     idp.script = [Reply(200, [], b"")] * 1000
     idp.revoke_all()
     status, _, body = amb.get("/garbage/y")

@@ -8,7 +8,7 @@ import pytest
 
 from addons.errors import AmbassadorError
 from addons.metrics import REGISTRY
-from addons.oauth import Token, TokenEndpoint, TokenError, TokenManager, parse_token_answer
+from addons.oauth import REFUSAL_REFETCH_PACE, Pacer, Token, TokenEndpoint, TokenError, TokenManager, parse_token_answer
 from addons.profile import OAuth2ClientCredentials
 from harness import FakeUpstream, Reply
 from oauth_fakes import IdentityProvider
@@ -254,17 +254,52 @@ def test_a_request_with_less_time_gives_up_without_stopping_the_fetch(idp):
     assert token == idp.issued[0] and len(idp.token_requests) == 1
 
 
-def test_drop_forgets_only_the_refused_token(idp):
+def test_a_refusal_forgets_only_the_refused_token(idp):
     async def scenario(tokens):
         first = await tokens.token(within(5))
-        tokens.drop("something older")
+        assert tokens.refused("something older")  # replaced already: try again, no fetch
         assert await tokens.token(within(5)) == first
-        tokens.drop(first)
+        assert tokens.refused(first)
         return first, await tokens.token(within(5))
 
     tokens = manager(idp.url)
     first, second = run(tokens, scenario)
     assert first != second and len(idp.token_requests) == 2
+
+
+def test_the_pacer_lets_the_first_go_then_one_every_interval():
+    now = [100.0]
+    pacer = Pacer(5.0, clock=lambda: now[0])
+    assert pacer.ready()  # the first always goes
+    now[0] = 104.9
+    assert not pacer.ready()
+    now[0] = 105.0
+    assert pacer.ready()
+    now[0] = 105.1
+    assert not pacer.ready()  # counted from the last one that went, not from the refused ones
+    now[0] = 110.0
+    assert pacer.ready()
+    assert REFUSAL_REFETCH_PACE == 5.0
+
+
+def test_a_second_refusal_within_the_pace_is_not_renewed(idp):
+    async def scenario(tokens):
+        now = [0.0]
+        tokens.refusal_refetches.clock = lambda: now[0]
+        first = await tokens.token(within(5))
+        assert tokens.refused(first)  # the first 401: renew
+        second = await tokens.token(within(5))
+        now[0] = 4.0
+        assert not tokens.refused(second)  # another 401 moments later: answered as it is
+        assert await tokens.token(within(5)) == second  # kept, no fetch
+        now[0] = 5.0
+        assert tokens.refused(second)
+        return first, second, await tokens.token(within(5))
+
+    tokens = manager(idp.url)
+    first, second, third = run(tokens, scenario)
+    assert len({first, second, third}) == 3 and len(idp.token_requests) == 3
+    assert tokens.status()["refusals_not_refetched"] == 1
 
 
 def test_fetches_are_counted_in_the_prometheus_metrics(idp):

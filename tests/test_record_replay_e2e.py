@@ -190,3 +190,53 @@ upstreams:
             status, _, body = amb.get("/partner/x")
             assert status == 502 and json.loads(body)["reason"] == "not_recorded"
         assert idp.received == [] and api.received == []
+
+
+# --- one upstream's recording never answers for another -------------------------------------
+
+
+def host_profile(alpha_url: str, beta_url: str) -> str:
+    return f"""
+upstreams:
+  alpha:
+    url: {alpha_url}
+    match: {{host: alpha.internal}}
+  beta:
+    url: {beta_url}
+    match: {{host: beta.internal}}
+"""
+
+
+def named(name: str):
+    def answer(req: Received) -> Reply:
+        return Reply.json({"from": name, "path": req.path})
+    return answer
+
+
+def proxied(amb: Ambassador, host: str, path: str):
+    status, headers, body = amb.request("GET", f"http://{host}{path}", {"Host": host})
+    return status, headers.get("X-Ambassador-Upstream"), json.loads(body)
+
+
+def test_replay_answers_each_upstream_from_its_own_recording(tmp_path):
+    flow_file = tmp_path / "hosts.flows"
+    with FakeUpstream(named("alpha")) as alpha, FakeUpstream(named("beta")) as beta:
+        profile_text = host_profile(alpha.url, beta.url)
+        with Ambassador(tmp_path, profile_text, command=("record", str(flow_file))) as amb:
+            # The same client request for both: only the host tells them apart.
+            assert proxied(amb, "alpha.internal", "/items")[2] == {"from": "alpha", "path": "/items"}
+            assert proxied(amb, "beta.internal", "/items")[2] == {"from": "beta", "path": "/items"}
+            assert proxied(amb, "alpha.internal", "/solo")[2] == {"from": "alpha", "path": "/solo"}
+        recorded = len(alpha.received) + len(beta.received)
+
+        with Ambassador(tmp_path, profile_text, command=("replay", str(flow_file))) as amb:
+            for _ in range(2):  # in either order, again and again
+                assert proxied(amb, "beta.internal", "/items") == (200, "beta", {"from": "beta", "path": "/items"})
+                assert proxied(amb, "alpha.internal", "/items") == (200, "alpha", {"from": "alpha", "path": "/items"})
+            assert proxied(amb, "alpha.internal", "/solo") == (200, "alpha", {"from": "alpha", "path": "/solo"})
+            # alpha's recording of /solo does not answer for beta
+            assert proxied(amb, "beta.internal", "/solo") == (
+                502, "beta", {"error": "no recorded response for GET /solo", "reason": "not_recorded", "upstream": "beta"},
+            )
+            amb.wait_for_log(r"beta GET /solo 502 .*reason=not_recorded")
+        assert len(alpha.received) + len(beta.received) == recorded  # replay never went out

@@ -9,7 +9,7 @@ import pytest
 from harness import Ambassador, FakeUpstream, Reply, Switch
 from redis_server import RedisServer
 
-NAMES = ("spread", "trials", "restart")
+NAMES = ("spread", "trials", "restart", "impatient")
 
 
 def profile(redis_url: str, servers: dict) -> str:
@@ -17,7 +17,7 @@ def profile(redis_url: str, servers: dict) -> str:
         f"""  {name}:
     url: {server.url}
     match: {{path_prefix: /{name}}}
-    timeout: 5s
+    timeout: {"500ms" if name == "impatient" else "5s"}
     breaker: {{fail_max: 3, reset_timeout: 2s, half_open_max: 2}}
 """
         for name, server in servers.items()
@@ -68,6 +68,25 @@ def test_an_open_breaker_stops_upstream_contact_from_every_instance_within_a_sec
     for instance in (a, b) * 5:
         assert refused(instance.get("/spread/x"))
     assert switch.count == contacts
+
+
+def test_timeouts_a_client_asked_for_do_not_open_the_shared_breaker(cluster, upstreams):
+    a, b, _, _ = cluster
+    switch, _ = upstreams["impatient"]
+    switch.reply = Reply(200, delay=1)
+    for instance in (a, b) * 4:  # fail_max is 3
+        status, _, body = instance.get("/impatient/x", {"X-Ambassador-Timeout": "1ms"})
+        assert status == 504 and json.loads(body)["reason"] == "timeout"
+    assert a.get("/impatient/x", {"X-Ambassador-Timeout": "1ms"})[0] == 504  # admitted: not open
+    for instance in (a, b):
+        assert instance.status()["upstreams"]["impatient"]["breaker"] == "closed"
+    for _ in range(3):  # the upstream's own 500ms, from one instance
+        assert a.get("/impatient/x")[0] == 504
+    tripped = time.monotonic()
+    assert refused(a.get("/impatient/x"))
+    while not refused(b.get("/impatient/x")):  # shared: the other instance refuses too
+        assert time.monotonic() - tripped < 1.5, "instance b still contacts the upstream"
+        time.sleep(0.05)
 
 
 def test_half_open_trials_are_limited_across_instances(cluster, upstreams):
