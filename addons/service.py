@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from .errors import AmbassadorError
-from .exchange import REDACTED, UpstreamExchange, UpstreamRequest, UpstreamResponse
+from .exchange import UpstreamExchange, UpstreamRequest, UpstreamResponse
 from .profile import Upstream
+from .reflected import Secrets
 from .replay import Recording
 from .transport import Transport
 
@@ -160,10 +161,7 @@ class UpstreamService:
 
     def redact(self, text: str) -> str:
         """`text` with every form of this upstream's secrets replaced by `[redacted]`."""
-        for form in self.secret_forms():
-            if form in text:
-                text = text.replace(form, REDACTED)
-        return text
+        return Secrets(self.secret_forms()).replaced_in_text(text)
 
     def secret_forms(self) -> list[str]:
         auth = self.stage("auth")
