@@ -91,10 +91,81 @@ def test_heuristic_lifetime():
 
 def test_corrected_initial_age():
     # RFC 9111 4.2.3: max(apparent age, Age + response delay)
-    assert freshness.corrected_initial_age([], NOW - 30, NOW - 2, NOW) == 30
-    assert freshness.corrected_initial_age(["100"], NOW, NOW - 2, NOW) == 102
-    assert freshness.corrected_initial_age(["junk"], NOW + 50, NOW - 2, NOW) == 2  # future Date: apparent age 0
-    assert freshness.corrected_initial_age(["99999999999"], NOW, NOW, NOW) == freshness.DELTA_MAX
+    assert freshness.corrected_initial_age(0, NOW - 30, NOW - 2, NOW) == 30
+    assert freshness.corrected_initial_age(100, NOW, NOW - 2, NOW) == 102
+    assert freshness.corrected_initial_age(0, NOW + 50, NOW - 2, NOW) == 2  # future Date: apparent age 0
+
+
+@pytest.mark.parametrize(
+    "lines, age",
+    [
+        ([], 0),  # no Age: the response is as old as its Date says
+        (["7200"], 7200),
+        ([" 60 "], 60),  # whitespace around a field value is not part of it
+        (["99999999999"], freshness.DELTA_MAX),  # beyond what the cache represents: 2^31, still old
+        (["2147483648"], freshness.DELTA_MAX),
+        (["abc"], None),  # unreadable ages: unknown, so stale
+        (["-7200"], None),
+        (["7200.0"], None),
+        (["7200;foo=bar"], None),
+        (["7200;foo=111"], None),
+        (["7200,0"], None),  # a list: the singleton was repeated
+        (["0,7200"], None),
+        (["0, 0"], None),
+        (["3600, 3600"], None),
+        (["0", "0"], None),  # two field lines are a list too
+        (["0", "7200"], None),
+        ([""], None),
+    ],
+)
+def test_age_value(lines, age):
+    assert freshness.age_value(lines) == age
+
+
+def test_unreadable_age_makes_the_entry_stale():
+    fresh = [("Cache-Control", "max-age=3600"), ("Date", date(0))]
+    assert entry_for([*fresh, ("Age", "100")]).lifetime == 3600
+    assert entry_for([*fresh, ("Age", "0"), ("Age", "0"), ("ETag", '"a"')]).lifetime == 0  # kept to revalidate
+    assert entry_for([*fresh, ("Age", "-1")]) is None  # stale at once, nothing to revalidate with
+    assert entry_for([*fresh, ("Age", "99999999999"), ("ETag", '"a"')]).age(NOW) >= freshness.DELTA_MAX
+
+
+@pytest.mark.parametrize(
+    "lines, directives",
+    [
+        (["max-age=3600"], {"max-age": "3600"}),
+        (["MaX-aGe=3600"], {"max-age": "3600"}),
+        (["foobar, max-age=3600"], {"foobar": None, "max-age": "3600"}),
+        (["max-age=3600;ambassador"], {"max-age": "3600"}),  # targeted at this cache
+        (["max-age=3600;other-edge"], {}),  # targeted at another surrogate
+        (["max-age=60;other-edge, max-age=10"], {"max-age": "10"}),
+        (['content="ESI/1.0", no-store', "max-age=1"], {"content": "ESI/1.0", "no-store": None, "max-age": "1"}),
+        ([""], {}),
+    ],
+)
+def test_surrogate_control(lines, directives):
+    assert freshness.surrogate_control(lines, "ambassador") == directives
+
+
+@pytest.mark.parametrize(
+    "argument, lifetime",
+    [("3600", 3600), ("60+30", 60), ("99999999999", freshness.DELTA_MAX), ("0", 0), ("ten", 0), ("", 0), (None, 0)],
+)
+def test_surrogate_lifetime(argument, lifetime):
+    assert freshness.surrogate_lifetime(argument) == lifetime
+
+
+def test_surrogate_control_replaces_cache_control_storage_and_freshness():
+    assert entry_for([("Cache-Control", "max-age=1"), ("Surrogate-Control", "max-age=3600")]).lifetime == 3600
+    assert entry_for([("Cache-Control", "max-age=3600"), ("Surrogate-Control", "max-age=1")]).lifetime == 1
+    assert entry_for([("Cache-Control", "no-store"), ("Surrogate-Control", "max-age=60")]).lifetime == 60
+    assert entry_for([("Expires", date(-100)), ("Date", date(0)), ("Surrogate-Control", "max-age=60")]).lifetime == 60
+    assert entry_for([("Cache-Control", "max-age=60"), ("Surrogate-Control", "max-age=60;other")]).lifetime == 60
+    assert entry_for([("Cache-Control", "max-age=60"), ("Expires", date(100)), ("Surrogate-Control", "no-store")]) is None
+    assert entry_for([("Expires", date(100)), ("Date", date(0)), ("Surrogate-Control", "max-age=0")]) is None
+    # still not for the shared cache: private answers, and credentials without public / s-maxage
+    assert entry_for([("Cache-Control", "private"), ("Surrogate-Control", "max-age=60")]) is None
+    assert entry_for([("Surrogate-Control", "max-age=60")], request_headers=[("Authorization", "x")]) is None
 
 
 def test_entity_tags():
@@ -192,12 +263,24 @@ def test_flags():
     assert entry_for([("Cache-Control", "public, max-age=5")], request_headers=[("Authorization", "x")]).shared_with_credentials
 
 
-def test_304_merge_replaces_fields_but_not_content_length():
-    e = entry_for([("Cache-Control", "max-age=0"), ("ETag", '"a"'), ("X-V", "1"), ("X-V", "1b"), ("Content-Length", "4")])
-    merged = merge_not_modified(e, UpstreamResponse(304, "", CIMultiDict([("X-V", "2"), ("Content-Length", "0"), ("Cache-Control", "max-age=9")])))
+def test_304_merge_replaces_fields_but_not_those_of_the_stored_content():
+    e = entry_for(
+        [("Cache-Control", "max-age=0"), ("ETag", '"a"'), ("X-V", "1"), ("X-V", "1b"), ("Content-Length", "4"),
+         ("Content-Encoding", "gzip"), ("Content-MD5", "stored=="), ("Content-Range", "bytes 0-3/4"), ("Content-Type", "a/b")]
+    )
+    not_modified = UpstreamResponse(304, "", CIMultiDict(
+        [("X-V", "2"), ("Content-Length", "0"), ("Cache-Control", "max-age=9"), ("Content-Encoding", "br"),
+         ("Content-MD5", "other=="), ("Content-Range", "bytes 0-9/10"), ("Content-Type", "a/c")]
+    ))
+    merged = merge_not_modified(e, not_modified)
     assert merged.headers.getall("X-V") == ["2"]
-    assert merged.headers["Content-Length"] == "4"
     assert merged.headers["Cache-Control"] == "max-age=9"
+    assert merged.headers["Content-Type"] == "a/c"  # describes the representation: updated
+    # describe the stored bytes, which the 304 did not send: kept (RFC 9111 3.2)
+    assert merged.headers["Content-Length"] == "4"
+    assert merged.headers.getall("Content-Encoding") == ["gzip"]
+    assert merged.headers.getall("Content-MD5") == ["stored=="]
+    assert merged.headers.getall("Content-Range") == ["bytes 0-3/4"]
     assert merged.body == b"body"
 
 

@@ -7,7 +7,8 @@ circuit_open) let the cache answer with a stale copy where `stale-if-error` allo
 Every answer carries `X-Cache`, errors the cache passes on included:
 HIT (from the cache: fresh, or revalidated with a 304), MISS (from the upstream),
 STALE (a stale copy: stale-while-revalidate, stale-if-error, or the client's max-stale),
-BYPASS (not a cacheable request: unsafe methods, ranges, If-Match...).
+BYPASS (the cache was not consulted, or may not keep the answer: unsafe methods, ranges,
+If-Match, no-store in the request, a client credential on an answer that is not public).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..exchange import UpstreamRequest, UpstreamResponse
 from ..profile import Upstream
 from ..service import Handler
 from . import freshness, keys
-from .entry import Entry, has_credentials, make_entry, merge_not_modified, same_representation
+from .entry import SURROGATE_TOKEN, Entry, has_credentials, make_entry, merge_not_modified, same_representation
 from .stores import Guarded, MemoryStore, RedisStore, SqliteStore, Store
 
 log = logging.getLogger("ambassador.cache")
@@ -41,6 +42,8 @@ ERROR_STATUSES = frozenset({500, 502, 503, 504})
 ERROR_REASONS = frozenset({"connect_error", "timeout", "circuit_open"})
 # Request directives that ask for the origin's current answer: such requests do not join a flight.
 END_TO_END_DIRECTIVES = ("no-cache", "max-age", "min-fresh")
+# Announced to the upstream (W3C Edge Architecture): Surrogate-Control may target this cache.
+SURROGATE_CAPABILITY = f'{SURROGATE_TOKEN}="Surrogate/1.0"'
 MAX_VARIANTS = 8
 PASS_KEYS = 10_000
 
@@ -72,18 +75,24 @@ class CacheStage:
     # --- the stage ---------------------------------------------------------------------
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
-        cacheable = request.method in ("GET", "HEAD") and not any(f in request.headers for f in PASS_FIELDS)
+        request_cc = None  # None: the cache may not answer this request and stays out of its way
+        if request.method in ("GET", "HEAD") and not any(f in request.headers for f in PASS_FIELDS):
+            request_cc = freshness.request_directives(request.headers.getall("cache-control", None), request.headers.getall("pragma", None))
+            if "no-store" in request_cc:
+                request_cc = None  # RFC 9111 5.2.1.5: nothing of this exchange may be stored
         try:
-            if cacheable:
-                response, result = await self._cached(request, call_next)
+            if request_cc is not None:
+                response, result = await self._cached(request, request_cc, call_next)
             else:
                 response, result = await self._pass(request, call_next), BYPASS
         except AmbassadorError as e:
-            self._record(request, BYPASS if not cacheable else MISS)
+            self._record(request, BYPASS if request_cc is None else MISS)
             e.headers["X-Cache"] = request.notes["cache"]
             raise
         self._record(request, result)
         response.headers["X-Cache"] = result
+        if "surrogate-control" in response.headers:
+            del response.headers["surrogate-control"]  # addressed to gateway caches: this one
         return response
 
     def _record(self, request: UpstreamRequest, result: str) -> None:
@@ -132,8 +141,7 @@ class CacheStage:
 
     # --- GET and HEAD ------------------------------------------------------------------
 
-    async def _cached(self, request: UpstreamRequest, call_next: Handler) -> tuple[UpstreamResponse, str]:
-        request_cc = freshness.request_directives(request.headers.getall("cache-control", None), request.headers.getall("pragma", None))
+    async def _cached(self, request: UpstreamRequest, request_cc: freshness.Directives, call_next: Handler) -> tuple[UpstreamResponse, str]:
         key = keys.primary_key(self.upstream, request.path)
         variants = await self.store.get(key) or []
         entry = self._select(variants, request)
@@ -252,16 +260,18 @@ class CacheStage:
     ) -> tuple[UpstreamResponse, str, Entry | None]:
         """Ask the upstream (conditionally when `entry` has validators), store and answer."""
         revalidating = entry is not None and request.method == "GET" and bool(entry.etag or entry.last_modified)
-        forward = request
+        headers = CIMultiDict(request.headers)
+        headers.add("Surrogate-Capability", SURROGATE_CAPABILITY)  # so the upstream can target us
         if revalidating:
             # Our validators replace the client's: the cache needs a full answer unless its own
             # copy is current; the client's conditions are then evaluated on that copy.
-            headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in CLIENT_VALIDATORS)
+            for name in CLIENT_VALIDATORS:
+                headers.popall(name, None)
             if entry.etag:
                 headers["If-None-Match"] = entry.etag
             if entry.last_modified:
                 headers["If-Modified-Since"] = entry.last_modified
-            forward = dataclasses.replace(request, headers=headers)
+        forward = dataclasses.replace(request, headers=headers)
         request_time = time.time()
         try:
             response = await call_next(forward)
@@ -309,6 +319,8 @@ class CacheStage:
             self._remember_pass(key)
             if entry is not None:
                 await self._store(key, None, drop=entry)
+        if fresh is None and has_credentials(request.headers):
+            return response, BYPASS, None  # RFC 9111 3.5: not public, so not for the shared cache
         return response, MISS, fresh
 
     def _remember_pass(self, key: str) -> None:
