@@ -82,11 +82,24 @@ def test_explicit_lifetime_precedence_and_invalid_values():
 
 
 def test_heuristic_lifetime():
-    assert freshness.heuristic_lifetime(200, NOW, date(-1000)) == 100
-    assert freshness.heuristic_lifetime(200, NOW, date(-10 * 86400 * 10)) == freshness.HEURISTIC_MAX
-    assert freshness.heuristic_lifetime(302, NOW, date(-1000)) == 0
-    assert freshness.heuristic_lifetime(200, NOW, None) == 0
-    assert freshness.heuristic_lifetime(200, NOW, date(10)) == 0
+    assert freshness.heuristic_lifetime(NOW, date(-1000)) == 100
+    assert freshness.heuristic_lifetime(NOW, date(-10 * 86400 * 10)) == freshness.HEURISTIC_MAX
+    assert freshness.heuristic_lifetime(NOW, None) == 0
+    assert freshness.heuristic_lifetime(NOW, date(10)) == 0
+
+
+@pytest.mark.parametrize(
+    "status, cc, cacheable",
+    [(200, {}, True), (404, {}, True), (302, {}, False), (599, {}, False), (500, {}, False),
+     (302, {"public": None}, True), (599, {"public": None}, True)],  # public: heuristically cacheable (5.2.2.9)
+)
+def test_heuristically_cacheable(status, cc, cacheable):
+    assert freshness.heuristically_cacheable(status, cc) is cacheable
+
+
+def test_public_response_without_freshness_gets_the_heuristic():
+    assert entry_for([("Cache-Control", "public"), ("Last-Modified", date(-1000))], status=599).lifetime == 100
+    assert entry_for([("Last-Modified", date(-1000))], status=599) is None
 
 
 def test_corrected_initial_age():
@@ -196,6 +209,11 @@ def test_vary_normalisation():
     b = keys.selecting_values(names, CIMultiDict([("accept", "text/html"), ("Accept", "application/json")]))
     assert a == b == ("text/html,application/json", None)
     assert keys.selecting_values(names, CIMultiDict([("X-Missing", "")])) == (None, "")
+    # case-insensitive values fold: language ranges, codings, charsets; others keep their case
+    folded = ("accept-encoding", "accept-language", "x-a")
+    assert keys.selecting_values(folded, CIMultiDict([("Accept-Language", "eN, De"), ("Accept-Encoding", "GZip"), ("X-A", "Q")])) == (
+        "gzip", "en,de", "Q"
+    )
 
 
 # --- entries ----------------------------------------------------------------------------------------

@@ -154,14 +154,11 @@ def make_entry(
     else:
         lifetime = freshness.explicit_lifetime(cc, duplicates, expires, date)
     last_modified = freshness.single(headers.getall("last-modified", []))
-    explicit = lifetime is not None or "public" in cc
-    if not explicit and response.status not in freshness.HEURISTIC_STATUSES:
-        return None
     if lifetime is None:
+        if not freshness.heuristically_cacheable(response.status, cc):
+            return None
         # No explicit freshness: the profile's ttl (legacy APIs) replaces the RFC's heuristic.
-        lifetime = 0.0
-        if response.status in freshness.HEURISTIC_STATUSES:
-            lifetime = policy.ttl or freshness.heuristic_lifetime(response.status, date, last_modified)
+        lifetime = policy.ttl or freshness.heuristic_lifetime(date, last_modified)
     age = freshness.age_value(response.headers.getall("age", []))
     if age is None:
         age, lifetime = 0, 0.0  # an unreadable Age: stale (freshness.age_value)

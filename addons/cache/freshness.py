@@ -116,10 +116,14 @@ def surrogate_lifetime(argument: str | None) -> float:
     return float(delta_seconds(argument.partition("+")[0] if argument else None) or 0)
 
 
-def heuristic_lifetime(status: int, date: float, last_modified: str | None) -> float:
-    """RFC 9111 4.2.2: a fraction of the time since Last-Modified, for statuses that allow it."""
-    if status not in HEURISTIC_STATUSES:
-        return 0.0
+def heuristically_cacheable(status: int, cc: Directives) -> bool:
+    """RFC 9111 4.2.2: statuses defined as heuristically cacheable, and any response marked
+    `public` (5.2.2.9: without explicit freshness it is heuristically cacheable)."""
+    return status in HEURISTIC_STATUSES or "public" in cc
+
+
+def heuristic_lifetime(date: float, last_modified: str | None) -> float:
+    """RFC 9111 4.2.2: a fraction of the time since Last-Modified, for responses that allow it."""
     modified = http_date(last_modified)
     if modified is None or modified >= date:
         return 0.0
