@@ -7,7 +7,7 @@ import tracemalloc
 import pytest
 from multidict import CIMultiDict
 
-from addons.cache import freshness, keys
+from addons.cache import freshness, keys, ranges
 from addons.cache.entry import dump_variants, load_variants, make_entry, merge_not_modified
 from addons.cache.stores import Guarded, MemoryStore, SqliteStore
 from addons.exchange import UpstreamRequest, UpstreamResponse
@@ -279,6 +279,38 @@ def test_flags():
     assert entry_for([("Cache-Control", "s-maxage=5")]).must_revalidate  # s-maxage implies proxy-revalidate
     assert entry_for([("Cache-Control", "no-cache"), ("ETag", '"a"')]).no_cache
     assert entry_for([("Cache-Control", "public, max-age=5")], request_headers=[("Authorization", "x")]).shared_with_credentials
+
+
+@pytest.mark.parametrize(
+    "value, span",
+    [
+        ("bytes=0-1", (0, 1)),
+        ("bytes=1-", (1, 10)),
+        ("bytes=-1", (10, 10)),  # the last byte
+        ("bytes=-50", (0, 10)),  # a suffix longer than the body: all of it
+        ("bytes=5-99", (5, 10)),  # a last position beyond the end: up to the end
+        (" Bytes = 2-3", (2, 3)),
+        ("bytes=11-", None),  # unsatisfiable: the upstream says so
+        ("bytes=3-2", None),
+        ("bytes=-0", None),
+        ("bytes=0-1,3-4", None),  # several ranges: a multipart answer, the upstream's
+        ("items=0-1", None),
+        ("bytes=a-b", None),
+        ("bytes=1", None),
+        ("bytes=-", None),
+        ("bytes=+1-2", None),
+        ("bytes=\u0661-2", None),
+    ],
+)
+def test_byte_range(value, span):
+    assert ranges.byte_range(value, 11) == span
+
+
+def test_partial_answer_from_a_stored_response():
+    e = entry_for([("Cache-Control", "max-age=60"), ("Content-Length", "11")], body=b"01234567890")
+    partial = e.partial(NOW, "HIT", 1, 3)
+    assert (partial.status, partial.body) == (206, b"123")
+    assert partial.headers["Content-Range"] == "bytes 1-3/11" and partial.headers["Content-Length"] == "3"
 
 
 def test_304_merge_replaces_fields_but_not_those_of_the_stored_content():

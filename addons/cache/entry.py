@@ -94,6 +94,13 @@ class Entry:
         headers["X-Cache"] = x_cache
         return UpstreamResponse(self.status, self.reason, headers, self.body if with_body else b"")
 
+    def partial(self, now: float, x_cache: str, first: int, last: int) -> UpstreamResponse:
+        """A 206 with bytes first..last of the stored body (RFC 9110 15.3.7)."""
+        headers = self.response(now, x_cache).headers
+        headers["Content-Range"] = f"bytes {first}-{last}/{len(self.body)}"
+        headers["Content-Length"] = str(last - first + 1)
+        return UpstreamResponse(206, "Partial Content", headers, self.body[first : last + 1])
+
     def not_modified(self, now: float, x_cache: str) -> UpstreamResponse:
         headers = CIMultiDict((k, v) for k, v in self.headers if k.lower() in NOT_MODIFIED_FIELDS)
         headers["Age"] = str(int(self.age(now)))

@@ -7,8 +7,8 @@ circuit_open) let the cache answer with a stale copy where `stale-if-error` allo
 Every answer carries `X-Cache`, errors the cache passes on included:
 HIT (from the cache: fresh, or revalidated with a 304), MISS (from the upstream),
 STALE (a stale copy: stale-while-revalidate, stale-if-error, or the client's max-stale),
-BYPASS (the cache was not consulted, or may not keep the answer: unsafe methods, ranges,
-If-Match, no-store in the request, a client credential on an answer that is not public).
+BYPASS (the cache was not consulted, or may not keep the answer: unsafe methods, ranges it
+cannot answer, If-Match, no-store in the request, a client credential on an answer that is not public).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..errors import AmbassadorError
 from ..exchange import UpstreamRequest, UpstreamResponse
 from ..profile import Upstream
 from ..service import Handler
-from . import freshness, keys
+from . import freshness, keys, ranges
 from .entry import SURROGATE_TOKEN, Entry, has_credentials, make_entry, merge_not_modified, same_representation
 from .stores import Guarded, MemoryStore, RedisStore, SqliteStore, Store
 
@@ -35,7 +35,7 @@ log = logging.getLogger("ambassador.cache")
 HIT, MISS, STALE, BYPASS = "HIT", "MISS", "STALE", "BYPASS"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Requests the cache cannot answer from a complete stored response; they pass through.
-PASS_FIELDS = ("range", "if-range", "if-match", "if-unmodified-since")
+PASS_FIELDS = ("if-range", "if-match", "if-unmodified-since")
 CLIENT_VALIDATORS = ("if-none-match", "if-modified-since")
 # Upstream failures a stale copy may cover (RFC 5861 section 4, and the profile's stale_if_error).
 ERROR_STATUSES = frozenset({500, 502, 503, 504})
@@ -81,10 +81,12 @@ class CacheStage:
             if "no-store" in request_cc:
                 request_cc = None  # RFC 9111 5.2.1.5: nothing of this exchange may be stored
         try:
-            if request_cc is not None:
-                response, result = await self._cached(request, request_cc, call_next)
-            else:
+            if request_cc is None:
                 response, result = await self._pass(request, call_next), BYPASS
+            elif "range" in request.headers:
+                response, result = await self._range(request, request_cc, call_next)
+            else:
+                response, result = await self._cached(request, request_cc, call_next)
         except AmbassadorError as e:
             self._record(request, BYPASS if request_cc is None else MISS)
             e.headers["X-Cache"] = request.notes["cache"]
@@ -140,6 +142,17 @@ class CacheStage:
         return response
 
     # --- GET and HEAD ------------------------------------------------------------------
+
+    async def _range(self, request: UpstreamRequest, request_cc: freshness.Directives, call_next: Handler) -> tuple[UpstreamResponse, str]:
+        """A single byte range of a fresh stored response is answered from it (RFC 9110 14.2);
+        any other ranged request goes to the upstream, and its partial answer is not stored."""
+        if request.method == "GET":
+            entry = self._select(await self.store.get(keys.primary_key(self.upstream, request.path)) or [], request)
+            now = time.time()
+            if entry is not None and entry.status == 200 and self._reusable(entry, entry.age(now), request_cc) == HIT:
+                if span := ranges.byte_range(request.headers["range"], len(entry.body)):
+                    return entry.partial(now, HIT, *span), HIT
+        return await self._pass(request, call_next), BYPASS
 
     async def _cached(self, request: UpstreamRequest, request_cc: freshness.Directives, call_next: Handler) -> tuple[UpstreamResponse, str]:
         key = keys.primary_key(self.upstream, request.path)
