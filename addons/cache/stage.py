@@ -326,7 +326,7 @@ class CacheStage:
             await self._store(key, fresh)
             if revalidating and response.status == 200 and self._client_validators_match(request, fresh):
                 return fresh.not_modified(response_time, MISS), MISS, fresh
-        elif response.status < 500 and response.status != 304 and "no-store" not in request_cc and not has_credentials(request.headers):
+        elif response.status < 500 and response.status != 304 and not has_credentials(request.headers):
             # The upstream's answer for this URI may not be stored: later requests for it need
             # not wait for each other, and a copy we had is outdated.
             self._remember_pass(key)
