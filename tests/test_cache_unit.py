@@ -7,7 +7,7 @@ import tracemalloc
 import pytest
 from multidict import CIMultiDict
 
-from addons.cache import freshness, keys
+from addons.cache import freshness, keys, ranges
 from addons.cache.entry import dump_variants, load_variants, make_entry, merge_not_modified
 from addons.cache.stores import Guarded, MemoryStore, SqliteStore
 from addons.exchange import UpstreamRequest, UpstreamResponse
@@ -82,19 +82,103 @@ def test_explicit_lifetime_precedence_and_invalid_values():
 
 
 def test_heuristic_lifetime():
-    assert freshness.heuristic_lifetime(200, NOW, date(-1000)) == 100
-    assert freshness.heuristic_lifetime(200, NOW, date(-10 * 86400 * 10)) == freshness.HEURISTIC_MAX
-    assert freshness.heuristic_lifetime(302, NOW, date(-1000)) == 0
-    assert freshness.heuristic_lifetime(200, NOW, None) == 0
-    assert freshness.heuristic_lifetime(200, NOW, date(10)) == 0
+    assert freshness.heuristic_lifetime(NOW, date(-1000)) == 100
+    assert freshness.heuristic_lifetime(NOW, date(-10 * 86400 * 10)) == freshness.HEURISTIC_MAX
+    assert freshness.heuristic_lifetime(NOW, None) == 0
+    assert freshness.heuristic_lifetime(NOW, date(10)) == 0
+
+
+@pytest.mark.parametrize(
+    "status, cc, cacheable",
+    [(200, {}, True), (404, {}, True), (302, {}, False), (599, {}, False), (500, {}, False),
+     (302, {"public": None}, True), (599, {"public": None}, True)],  # public: heuristically cacheable (5.2.2.9)
+)
+def test_heuristically_cacheable(status, cc, cacheable):
+    assert freshness.heuristically_cacheable(status, cc) is cacheable
+
+
+def test_public_response_without_freshness_gets_the_heuristic():
+    assert entry_for([("Cache-Control", "public"), ("Last-Modified", date(-1000))], status=599).lifetime == 100
+    assert entry_for([("Last-Modified", date(-1000))], status=599) is None
 
 
 def test_corrected_initial_age():
     # RFC 9111 4.2.3: max(apparent age, Age + response delay)
-    assert freshness.corrected_initial_age([], NOW - 30, NOW - 2, NOW) == 30
-    assert freshness.corrected_initial_age(["100"], NOW, NOW - 2, NOW) == 102
-    assert freshness.corrected_initial_age(["junk"], NOW + 50, NOW - 2, NOW) == 2  # future Date: apparent age 0
-    assert freshness.corrected_initial_age(["99999999999"], NOW, NOW, NOW) == freshness.DELTA_MAX
+    assert freshness.corrected_initial_age(0, NOW - 30, NOW - 2, NOW) == 30
+    assert freshness.corrected_initial_age(100, NOW, NOW - 2, NOW) == 102
+    assert freshness.corrected_initial_age(0, NOW + 50, NOW - 2, NOW) == 2  # future Date: apparent age 0
+
+
+@pytest.mark.parametrize(
+    "lines, age",
+    [
+        ([], 0),  # no Age: the response is as old as its Date says
+        (["7200"], 7200),
+        ([" 60 "], 60),  # whitespace around a field value is not part of it
+        (["99999999999"], freshness.DELTA_MAX),  # beyond what the cache represents: 2^31, still old
+        (["2147483648"], freshness.DELTA_MAX),
+        (["abc"], None),  # unreadable ages: unknown, so stale
+        (["-7200"], None),
+        (["7200.0"], None),
+        (["7200;foo=bar"], None),
+        (["7200;foo=111"], None),
+        (["7200,0"], None),  # a list: the singleton was repeated
+        (["0,7200"], None),
+        (["0, 0"], None),
+        (["3600, 3600"], None),
+        (["0", "0"], None),  # two field lines are a list too
+        (["0", "7200"], None),
+        ([""], None),
+    ],
+)
+def test_age_value(lines, age):
+    assert freshness.age_value(lines) == age
+
+
+def test_unreadable_age_makes_the_entry_stale():
+    fresh = [("Cache-Control", "max-age=3600"), ("Date", date(0))]
+    assert entry_for([*fresh, ("Age", "100")]).lifetime == 3600
+    assert entry_for([*fresh, ("Age", "0"), ("Age", "0"), ("ETag", '"a"')]).lifetime == 0  # kept to revalidate
+    assert entry_for([*fresh, ("Age", "-1")]) is None  # stale at once, nothing to revalidate with
+    assert entry_for([*fresh, ("Age", "99999999999"), ("ETag", '"a"')]).age(NOW) >= freshness.DELTA_MAX
+
+
+@pytest.mark.parametrize(
+    "lines, directives",
+    [
+        (["max-age=3600"], {"max-age": "3600"}),
+        (["MaX-aGe=3600"], {"max-age": "3600"}),
+        (["foobar, max-age=3600"], {"foobar": None, "max-age": "3600"}),
+        (["max-age=3600;ambassador"], {"max-age": "3600"}),  # targeted at this cache
+        (["max-age=3600;other-edge"], {}),  # targeted at another surrogate
+        (["max-age=60;other-edge, max-age=10"], {"max-age": "10"}),
+        (['content="ESI/1.0", no-store', "max-age=1"], {"content": "ESI/1.0", "no-store": None, "max-age": "1"}),
+        ([""], {}),
+    ],
+)
+def test_surrogate_control(lines, directives):
+    assert freshness.surrogate_control(lines, "ambassador") == directives
+
+
+@pytest.mark.parametrize(
+    "argument, lifetime",
+    [("3600", 3600), ("60+30", 60), ("99999999999", freshness.DELTA_MAX), ("0", 0), ("ten", 0), ("", 0), (None, 0)],
+)
+def test_surrogate_lifetime(argument, lifetime):
+    assert freshness.surrogate_lifetime(argument) == lifetime
+
+
+def test_surrogate_control_replaces_cache_control_storage_and_freshness():
+    assert entry_for([("Cache-Control", "max-age=1"), ("Surrogate-Control", "max-age=3600")]).lifetime == 3600
+    assert entry_for([("Cache-Control", "max-age=3600"), ("Surrogate-Control", "max-age=1")]).lifetime == 1
+    assert entry_for([("Cache-Control", "no-store"), ("Surrogate-Control", "max-age=60")]).lifetime == 60
+    assert entry_for([("Expires", date(-100)), ("Date", date(0)), ("Surrogate-Control", "max-age=60")]).lifetime == 60
+    assert entry_for([("Cache-Control", "max-age=60"), ("Surrogate-Control", "max-age=60;other")]).lifetime == 60
+    assert entry_for([("Cache-Control", "max-age=60"), ("Expires", date(100)), ("Surrogate-Control", "no-store")]) is None
+    assert entry_for([("Expires", date(100)), ("Date", date(0)), ("Surrogate-Control", "max-age=0")]) is None
+    # still not for the shared cache: private answers, and credentials without public / s-maxage
+    assert entry_for([("Cache-Control", "private"), ("Surrogate-Control", "max-age=60")]) is None
+    assert entry_for([("Surrogate-Control", "max-age=60")], request_headers=[("Authorization", "x")]) is None
 
 
 def test_entity_tags():
@@ -125,6 +209,11 @@ def test_vary_normalisation():
     b = keys.selecting_values(names, CIMultiDict([("accept", "text/html"), ("Accept", "application/json")]))
     assert a == b == ("text/html,application/json", None)
     assert keys.selecting_values(names, CIMultiDict([("X-Missing", "")])) == (None, "")
+    # case-insensitive values fold: language ranges, codings, charsets; others keep their case
+    folded = ("accept-encoding", "accept-language", "x-a")
+    assert keys.selecting_values(folded, CIMultiDict([("Accept-Language", "eN, De"), ("Accept-Encoding", "GZip"), ("X-A", "Q")])) == (
+        "gzip", "en,de", "Q"
+    )
 
 
 # --- entries ----------------------------------------------------------------------------------------
@@ -192,12 +281,56 @@ def test_flags():
     assert entry_for([("Cache-Control", "public, max-age=5")], request_headers=[("Authorization", "x")]).shared_with_credentials
 
 
-def test_304_merge_replaces_fields_but_not_content_length():
-    e = entry_for([("Cache-Control", "max-age=0"), ("ETag", '"a"'), ("X-V", "1"), ("X-V", "1b"), ("Content-Length", "4")])
-    merged = merge_not_modified(e, UpstreamResponse(304, "", CIMultiDict([("X-V", "2"), ("Content-Length", "0"), ("Cache-Control", "max-age=9")])))
+@pytest.mark.parametrize(
+    "value, span",
+    [
+        ("bytes=0-1", (0, 1)),
+        ("bytes=1-", (1, 10)),
+        ("bytes=-1", (10, 10)),  # the last byte
+        ("bytes=-50", (0, 10)),  # a suffix longer than the body: all of it
+        ("bytes=5-99", (5, 10)),  # a last position beyond the end: up to the end
+        (" Bytes = 2-3", (2, 3)),
+        ("bytes=11-", None),  # unsatisfiable: the upstream says so
+        ("bytes=3-2", None),
+        ("bytes=-0", None),
+        ("bytes=0-1,3-4", None),  # several ranges: a multipart answer, the upstream's
+        ("items=0-1", None),
+        ("bytes=a-b", None),
+        ("bytes=1", None),
+        ("bytes=-", None),
+        ("bytes=+1-2", None),
+        ("bytes=\u0661-2", None),
+    ],
+)
+def test_byte_range(value, span):
+    assert ranges.byte_range(value, 11) == span
+
+
+def test_partial_answer_from_a_stored_response():
+    e = entry_for([("Cache-Control", "max-age=60"), ("Content-Length", "11")], body=b"01234567890")
+    partial = e.partial(NOW, "HIT", 1, 3)
+    assert (partial.status, partial.body) == (206, b"123")
+    assert partial.headers["Content-Range"] == "bytes 1-3/11" and partial.headers["Content-Length"] == "3"
+
+
+def test_304_merge_replaces_fields_but_not_those_of_the_stored_content():
+    e = entry_for(
+        [("Cache-Control", "max-age=0"), ("ETag", '"a"'), ("X-V", "1"), ("X-V", "1b"), ("Content-Length", "4"),
+         ("Content-Encoding", "gzip"), ("Content-MD5", "stored=="), ("Content-Range", "bytes 0-3/4"), ("Content-Type", "a/b")]
+    )
+    not_modified = UpstreamResponse(304, "", CIMultiDict(
+        [("X-V", "2"), ("Content-Length", "0"), ("Cache-Control", "max-age=9"), ("Content-Encoding", "br"),
+         ("Content-MD5", "other=="), ("Content-Range", "bytes 0-9/10"), ("Content-Type", "a/c")]
+    ))
+    merged = merge_not_modified(e, not_modified)
     assert merged.headers.getall("X-V") == ["2"]
-    assert merged.headers["Content-Length"] == "4"
     assert merged.headers["Cache-Control"] == "max-age=9"
+    assert merged.headers["Content-Type"] == "a/c"  # describes the representation: updated
+    # describe the stored bytes, which the 304 did not send: kept (RFC 9111 3.2)
+    assert merged.headers["Content-Length"] == "4"
+    assert merged.headers.getall("Content-Encoding") == ["gzip"]
+    assert merged.headers.getall("Content-MD5") == ["stored=="]
+    assert merged.headers.getall("Content-Range") == ["bytes 0-3/4"]
     assert merged.body == b"body"
 
 

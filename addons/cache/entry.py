@@ -21,8 +21,9 @@ from . import freshness, keys
 
 # Never stored: recomputed (Age), ours (X-Cache, X-Ambassador-*), or per message (RFC 9111 3.1).
 NOT_STORED = ("age", "x-cache")
-# A 304 does not replace these on the stored response (RFC 9111 3.2).
-NOT_UPDATED = frozenset({"content-length", "age", "x-cache"})
+# A 304 does not replace these on the stored response (RFC 9111 3.2): fields describing the stored
+# content itself (its length, coding, range, digests), which a 304 without content cannot change.
+NOT_UPDATED = frozenset({"content-length", "content-encoding", "content-range", "content-md5", "content-digest", "age", "x-cache"})
 # Statuses the cache understands and may store; 206 and 304 are not complete responses.
 STORABLE_STATUSES = frozenset(range(200, 600)) - {206, 304}
 # Final statuses whose caching requirements this cache implements, for `must-understand` (RFC 9111
@@ -35,6 +36,8 @@ VALIDATOR_KEEP = 86400.0
 # Fields of a 304 made from a stored response (RFC 9110 15.4.5).
 NOT_MODIFIED_FIELDS = ("cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified")
 CREDENTIALS = ("authorization", "cookie")
+# The device token this cache announces in Surrogate-Capability; `;ambassador` targets it.
+SURROGATE_TOKEN = "ambassador"
 FLOAT_FIELDS = 6
 
 
@@ -92,6 +95,13 @@ class Entry:
         headers["X-Cache"] = x_cache
         return UpstreamResponse(self.status, self.reason, headers, self.body if with_body else b"")
 
+    def partial(self, now: float, x_cache: str, first: int, last: int) -> UpstreamResponse:
+        """A 206 with bytes first..last of the stored body (RFC 9110 15.3.7)."""
+        headers = self.response(now, x_cache).headers
+        headers["Content-Range"] = f"bytes {first}-{last}/{len(self.body)}"
+        headers["Content-Length"] = str(last - first + 1)
+        return UpstreamResponse(206, "Partial Content", headers, self.body[first : last + 1])
+
     def not_modified(self, now: float, x_cache: str) -> UpstreamResponse:
         headers = CIMultiDict((k, v) for k, v in self.headers if k.lower() in NOT_MODIFIED_FIELDS)
         headers["Age"] = str(int(self.age(now)))
@@ -117,11 +127,18 @@ def make_entry(
     if len(response.body) > MAX_BODY:
         return None  # answered, not kept: a store holds many entries
     cc, duplicates = freshness.parse_cache_control(response.headers.getall("cache-control", []))
+    # Surrogate-Control speaks to gateway caches like this one: its no-store and max-age replace
+    # Cache-Control's storage and freshness rules, which then address the client's caches only.
+    # private and the client-credential rule still hold.
+    surrogate = freshness.surrogate_control(response.headers.getall("surrogate-control", []), SURROGATE_TOKEN)
+    if "no-store" in surrogate:
+        return None
+    surrogate_lifetime = "max-age" in surrogate
     if "must-understand" in cc:
         if response.status not in UNDERSTOOD_STATUSES:
             return None
         cc.pop("no-store", None)  # no-store is there for caches that do not understand the status
-    if "no-store" in cc or "private" in cc:
+    if ("no-store" in cc and not surrogate_lifetime) or "private" in cc:
         return None
     shared_with_credentials = "public" in cc or "s-maxage" in cc
     if has_credentials(request.headers) and not shared_with_credentials:
@@ -142,16 +159,19 @@ def make_entry(
         if not dates:
             headers["Date"] = email.utils.formatdate(response_time, usegmt=True)
     expires = headers.getall("expires", [])
-    lifetime = freshness.explicit_lifetime(cc, duplicates, expires, date)
+    if surrogate_lifetime:
+        lifetime = freshness.surrogate_lifetime(surrogate["max-age"])
+    else:
+        lifetime = freshness.explicit_lifetime(cc, duplicates, expires, date)
     last_modified = freshness.single(headers.getall("last-modified", []))
-    explicit = lifetime is not None or "public" in cc
-    if not explicit and response.status not in freshness.HEURISTIC_STATUSES:
-        return None
     if lifetime is None:
+        if not freshness.heuristically_cacheable(response.status, cc):
+            return None
         # No explicit freshness: the profile's ttl (legacy APIs) replaces the RFC's heuristic.
-        lifetime = 0.0
-        if response.status in freshness.HEURISTIC_STATUSES:
-            lifetime = policy.ttl or freshness.heuristic_lifetime(response.status, date, last_modified)
+        lifetime = policy.ttl or freshness.heuristic_lifetime(date, last_modified)
+    age = freshness.age_value(response.headers.getall("age", []))
+    if age is None:
+        age, lifetime = 0, 0.0  # an unreadable Age: stale (freshness.age_value)
     etag = freshness.single(headers.getall("etag", []))
     swr = freshness.stale_window(cc, "stale-while-revalidate")
     sie = freshness.stale_window(cc, "stale-if-error")
@@ -165,7 +185,7 @@ def make_entry(
         body=response.body,
         request_time=request_time,
         response_time=response_time,
-        corrected_initial_age=freshness.corrected_initial_age(response.headers.getall("age", []), date, request_time, response_time),
+        corrected_initial_age=freshness.corrected_initial_age(age, date, request_time, response_time),
         lifetime=lifetime,
         vary=vary,
         vary_values=names_values,

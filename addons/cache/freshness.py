@@ -23,6 +23,11 @@ DIRECTIVE_RE = re.compile(
     r"""\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*)))?\s*(?:,|$)"""
 )
 
+# A Surrogate-Control directive: name, argument (quoted or not), target device token after `;`.
+SURROGATE_DIRECTIVE_RE = re.compile(
+    r"""\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)?\s*(?:=\s*(?:"((?:[^"\\]|\\.)*)"|([^,;\s]*)))?\s*(?:;\s*([^,\s]*))?\s*(?:,|$)"""
+)
+
 Directives = dict[str, "str | None"]
 NO_DIRECTIVES: Directives = {}
 
@@ -105,23 +110,67 @@ def explicit_lifetime(cc: Directives, duplicates: frozenset[str], expires: list[
     return None
 
 
-def heuristic_lifetime(status: int, date: float, last_modified: str | None) -> float:
-    """RFC 9111 4.2.2: a fraction of the time since Last-Modified, for statuses that allow it."""
-    if status not in HEURISTIC_STATUSES:
-        return 0.0
+def surrogate_lifetime(argument: str | None) -> float:
+    """Surrogate-Control `max-age=delta[+delta]`: the first delta is the freshness lifetime (the
+    optional extension is not used here); an invalid value makes the response stale."""
+    return float(delta_seconds(argument.partition("+")[0] if argument else None) or 0)
+
+
+def heuristically_cacheable(status: int, cc: Directives) -> bool:
+    """RFC 9111 4.2.2: statuses defined as heuristically cacheable, and any response marked
+    `public` (5.2.2.9: without explicit freshness it is heuristically cacheable)."""
+    return status in HEURISTIC_STATUSES or "public" in cc
+
+
+def heuristic_lifetime(date: float, last_modified: str | None) -> float:
+    """RFC 9111 4.2.2: a fraction of the time since Last-Modified, for responses that allow it."""
     modified = http_date(last_modified)
     if modified is None or modified >= date:
         return 0.0
     return min(HEURISTIC_MAX, (date - modified) * HEURISTIC_FRACTION)
 
 
-def corrected_initial_age(age_values: list[str], date: float, request_time: float, response_time: float) -> float:
+def age_value(lines: list[str]) -> int | None:
+    """The Age a response arrived with (RFC 9111 5.1): 0 without one, None when it cannot be read.
+
+    Age is a singleton holding one delta-seconds. A list (`7200, 0`), a second field line,
+    a sign, a fraction or a parameter make the age unknown: the response then counts as stale
+    (None), as 4.2.1 encourages for invalid or repeated freshness information. 5.1 would take
+    the first member or ignore the field, but either can make an old response look fresh, and
+    a cache is never obliged to reuse a response it is unsure of. Values too large for the
+    cache count as 2^31 (1.2.2): still an age, and an old one.
+    """
+    if not lines:
+        return 0
+    if len(lines) > 1:
+        return None
+    return delta_seconds(lines[0].strip())
+
+
+def corrected_initial_age(age_value: int, date: float, request_time: float, response_time: float) -> float:
     """RFC 9111 4.2.3: the age of a response when it arrived, from Age, Date and the round trip."""
     apparent_age = max(0.0, response_time - date)
-    age_value = delta_seconds((age_values[0].strip() if age_values else None)) or 0
     response_delay = response_time - request_time
     corrected_age_value = age_value + response_delay
     return max(apparent_age, corrected_age_value)
+
+
+def surrogate_control(values: list[str], device: str) -> Directives:
+    """Surrogate-Control field lines (W3C Edge Architecture 1.0) -> the directives for this cache.
+
+    A directive may be targeted (`max-age=60;edge`): it then applies only to the surrogate that
+    announced that device token in Surrogate-Capability. Names are case-insensitive; the first
+    occurrence of a name wins.
+    """
+    directives: Directives = {}
+    for value in values:
+        for m in SURROGATE_DIRECTIVE_RE.finditer(value):
+            if not m.group(1) or (m.group(4) is not None and m.group(4) != device):
+                continue
+            name = m.group(1).lower()
+            if name not in directives:
+                directives[name] = m.group(2) if m.group(2) is not None else m.group(3)
+    return directives
 
 
 def stale_window(cc: Directives, name: str) -> float:

@@ -10,6 +10,10 @@ from multidict import CIMultiDict
 from ..profile import Upstream
 
 COMMA_SPACE_RE = re.compile(r"\s*,\s*")
+# Request fields whose values are case-insensitive throughout: language ranges (RFC 4647 2.1),
+# content codings (RFC 9110 8.4.1), charsets (RFC 9110 8.3.2). RFC 9111 4.1 lets a cache
+# normalise such values when matching Vary.
+CASE_INSENSITIVE_FIELDS = frozenset({"accept-language", "accept-encoding", "accept-charset"})
 
 
 def namespace(upstream: Upstream) -> str:
@@ -49,9 +53,11 @@ def vary_names(values: list[str]) -> tuple[str, ...] | None:
 
 
 def selecting_values(names: tuple[str, ...], headers: CIMultiDict[str]) -> tuple[str | None, ...]:
-    """The request's values of the Vary fields, normalised: lines combined, list whitespace removed."""
+    """The request's values of the Vary fields, normalised: lines combined, list whitespace removed,
+    case folded where the field's values are case-insensitive."""
     values = []
     for name in names:
         lines = headers.getall(name, None)
-        values.append(None if lines is None else COMMA_SPACE_RE.sub(",", ",".join(lines)).strip())
+        value = None if lines is None else COMMA_SPACE_RE.sub(",", ",".join(lines)).strip()
+        values.append(value.lower() if value and name in CASE_INSENSITIVE_FIELDS else value)
     return tuple(values)

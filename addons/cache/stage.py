@@ -7,7 +7,8 @@ circuit_open) let the cache answer with a stale copy where `stale-if-error` allo
 Every answer carries `X-Cache`, errors the cache passes on included:
 HIT (from the cache: fresh, or revalidated with a 304), MISS (from the upstream),
 STALE (a stale copy: stale-while-revalidate, stale-if-error, or the client's max-stale),
-BYPASS (not a cacheable request: unsafe methods, ranges, If-Match...).
+BYPASS (the cache was not consulted, or may not keep the answer: unsafe methods, ranges it
+cannot answer, If-Match, no-store in the request, a client credential on an answer that is not public).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from ..errors import AmbassadorError
 from ..exchange import UpstreamRequest, UpstreamResponse
 from ..profile import Upstream
 from ..service import Handler
-from . import freshness, keys
-from .entry import Entry, has_credentials, make_entry, merge_not_modified, same_representation
+from . import freshness, keys, ranges
+from .entry import SURROGATE_TOKEN, Entry, has_credentials, make_entry, merge_not_modified, same_representation
 from .stores import Guarded, MemoryStore, RedisStore, SqliteStore, Store
 
 log = logging.getLogger("ambassador.cache")
@@ -34,13 +35,15 @@ log = logging.getLogger("ambassador.cache")
 HIT, MISS, STALE, BYPASS = "HIT", "MISS", "STALE", "BYPASS"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Requests the cache cannot answer from a complete stored response; they pass through.
-PASS_FIELDS = ("range", "if-range", "if-match", "if-unmodified-since")
+PASS_FIELDS = ("if-range", "if-match", "if-unmodified-since")
 CLIENT_VALIDATORS = ("if-none-match", "if-modified-since")
 # Upstream failures a stale copy may cover (RFC 5861 section 4, and the profile's stale_if_error).
 ERROR_STATUSES = frozenset({500, 502, 503, 504})
 ERROR_REASONS = frozenset({"connect_error", "timeout", "circuit_open"})
 # Request directives that ask for the origin's current answer: such requests do not join a flight.
 END_TO_END_DIRECTIVES = ("no-cache", "max-age", "min-fresh")
+# Announced to the upstream (W3C Edge Architecture): Surrogate-Control may target this cache.
+SURROGATE_CAPABILITY = f'{SURROGATE_TOKEN}="Surrogate/1.0"'
 MAX_VARIANTS = 8
 PASS_KEYS = 10_000
 
@@ -72,18 +75,26 @@ class CacheStage:
     # --- the stage ---------------------------------------------------------------------
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
-        cacheable = request.method in ("GET", "HEAD") and not any(f in request.headers for f in PASS_FIELDS)
+        request_cc = None  # None: the cache may not answer this request and stays out of its way
+        if request.method in ("GET", "HEAD") and not any(f in request.headers for f in PASS_FIELDS):
+            request_cc = freshness.request_directives(request.headers.getall("cache-control", None), request.headers.getall("pragma", None))
+            if "no-store" in request_cc:
+                request_cc = None  # RFC 9111 5.2.1.5: nothing of this exchange may be stored
         try:
-            if cacheable:
-                response, result = await self._cached(request, call_next)
-            else:
+            if request_cc is None:
                 response, result = await self._pass(request, call_next), BYPASS
+            elif "range" in request.headers:
+                response, result = await self._range(request, request_cc, call_next)
+            else:
+                response, result = await self._cached(request, request_cc, call_next)
         except AmbassadorError as e:
-            self._record(request, BYPASS if not cacheable else MISS)
+            self._record(request, BYPASS if request_cc is None else MISS)
             e.headers["X-Cache"] = request.notes["cache"]
             raise
         self._record(request, result)
         response.headers["X-Cache"] = result
+        if "surrogate-control" in response.headers:
+            del response.headers["surrogate-control"]  # addressed to gateway caches: this one
         return response
 
     def _record(self, request: UpstreamRequest, result: str) -> None:
@@ -132,8 +143,18 @@ class CacheStage:
 
     # --- GET and HEAD ------------------------------------------------------------------
 
-    async def _cached(self, request: UpstreamRequest, call_next: Handler) -> tuple[UpstreamResponse, str]:
-        request_cc = freshness.request_directives(request.headers.getall("cache-control", None), request.headers.getall("pragma", None))
+    async def _range(self, request: UpstreamRequest, request_cc: freshness.Directives, call_next: Handler) -> tuple[UpstreamResponse, str]:
+        """A single byte range of a fresh stored response is answered from it (RFC 9110 14.2);
+        any other ranged request goes to the upstream, and its partial answer is not stored."""
+        if request.method == "GET":
+            entry = self._select(await self.store.get(keys.primary_key(self.upstream, request.path)) or [], request)
+            now = time.time()
+            if entry is not None and entry.status == 200 and self._reusable(entry, entry.age(now), request_cc) == HIT:
+                if span := ranges.byte_range(request.headers["range"], len(entry.body)):
+                    return entry.partial(now, HIT, *span), HIT
+        return await self._pass(request, call_next), BYPASS
+
+    async def _cached(self, request: UpstreamRequest, request_cc: freshness.Directives, call_next: Handler) -> tuple[UpstreamResponse, str]:
         key = keys.primary_key(self.upstream, request.path)
         variants = await self.store.get(key) or []
         entry = self._select(variants, request)
@@ -252,16 +273,18 @@ class CacheStage:
     ) -> tuple[UpstreamResponse, str, Entry | None]:
         """Ask the upstream (conditionally when `entry` has validators), store and answer."""
         revalidating = entry is not None and request.method == "GET" and bool(entry.etag or entry.last_modified)
-        forward = request
+        headers = CIMultiDict(request.headers)
+        headers.add("Surrogate-Capability", SURROGATE_CAPABILITY)  # so the upstream can target us
         if revalidating:
             # Our validators replace the client's: the cache needs a full answer unless its own
             # copy is current; the client's conditions are then evaluated on that copy.
-            headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in CLIENT_VALIDATORS)
+            for name in CLIENT_VALIDATORS:
+                headers.popall(name, None)
             if entry.etag:
                 headers["If-None-Match"] = entry.etag
             if entry.last_modified:
                 headers["If-Modified-Since"] = entry.last_modified
-            forward = dataclasses.replace(request, headers=headers)
+        forward = dataclasses.replace(request, headers=headers)
         request_time = time.time()
         try:
             response = await call_next(forward)
@@ -303,12 +326,14 @@ class CacheStage:
             await self._store(key, fresh)
             if revalidating and response.status == 200 and self._client_validators_match(request, fresh):
                 return fresh.not_modified(response_time, MISS), MISS, fresh
-        elif response.status < 500 and response.status != 304 and "no-store" not in request_cc and not has_credentials(request.headers):
+        elif response.status < 500 and response.status != 304 and not has_credentials(request.headers):
             # The upstream's answer for this URI may not be stored: later requests for it need
             # not wait for each other, and a copy we had is outdated.
             self._remember_pass(key)
             if entry is not None:
                 await self._store(key, None, drop=entry)
+        if fresh is None and has_credentials(request.headers):
+            return response, BYPASS, None  # RFC 9111 3.5: not public, so not for the shared cache
         return response, MISS, fresh
 
     def _remember_pass(self, key: str) -> None:
