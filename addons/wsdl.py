@@ -73,7 +73,10 @@ def load_wsdl(location: str, version: str) -> Wsdl:
         raise WsdlError(f"the WSDL {location} has no SOAP {version} binding (check soap.version)")
     operations = {}
     for name, operation in binding.all().items():
-        operations[name] = WsdlOperation(name, operation.soapaction or "", operation.input.body, operation.output.body, document.types)
+        action = operation.soapaction or ""
+        if any(c == '"' or c == "\\" or not c.isprintable() for c in action):
+            raise WsdlError(f"the WSDL {location} gives operation {name} a soapAction no header can carry: {action!r}")
+        operations[name] = WsdlOperation(name, action, operation.input.body, operation.output.body, document.types)
     return Wsdl(location, operations)
 
 
@@ -89,14 +92,21 @@ class WsdlOperation:
         """The JSON body checked against the request element and converted to schema values."""
         return _complex(self.request.type, body, self.name)
 
-    def body_element(self, fields: dict) -> etree._Element:
+    def body_xml(self, fields: dict) -> bytes:
         """The request element, its children in the schema's order; DoesNotFit if one is missing."""
         holder = etree.Element("holder")
         try:
             self.request.render(holder, self.request(**fields))
         except zeep.exceptions.ValidationError as e:
             raise DoesNotFit(f"{'.'.join(e.path) if e.path else self.name}: {e.message}") from None
-        return holder[0]
+        return etree.tostring(holder[0], encoding="utf-8")
+
+    def parse(self, body: bytes) -> etree._Element:
+        """An answer's XML, DTDs, entities and external references refused; ValueError if not XML."""
+        try:
+            return zeep.loader.parse_xml(body, None, settings=SETTINGS)
+        except zeep.exceptions.Error as e:
+            raise ValueError(f"{type(e).__name__}: {e}") from None
 
     def read(self, content: etree._Element) -> Any:
         """The answer element as JSON values typed by the schema; ValueError if it does not fit."""
@@ -107,11 +117,6 @@ class WsdlOperation:
         except zeep.exceptions.Error as e:
             raise ValueError(f"the answer does not fit the WSDL: {e}") from None
         return _json_ready(zeep.helpers.serialize_object(value, dict))
-
-
-def parse_xml(body: bytes) -> etree._Element:
-    """An answer's XML: DTDs, entities and external references refused (zeep.exceptions.Error)."""
-    return zeep.loader.parse_xml(body, None, settings=SETTINGS)
 
 
 # --- JSON to schema values -------------------------------------------------------------
