@@ -75,7 +75,7 @@ SECTIONS: Mapping[str, Keys] = MappingProxyType({
     "breaker": _keys("fail_max reset_timeout failure_statuses half_open_max"),
     "retry": _keys("attempts backoff statuses methods try_timeout"),
     "async": _keys("keep"),
-    "soap": _keys("namespace version", "namespace"),
+    "soap": _keys("namespace version wsdl action", "namespace"),
 })
 AUTH_TYPES = tuple(name.removeprefix("auth_") for name in SECTIONS if name.startswith("auth_"))
 # Sections whose keys all have defaults: a bare `cache:` (YAML null) switches the feature on.
@@ -250,6 +250,10 @@ class AsyncPolicy:
 class SoapPolicy:
     namespace: str
     version: str = "1.1"
+    action: str = "{namespace}/{operation}"  # SOAPAction template, used without a WSDL
+    wsdl: str | None = None  # where the WSDL is: a resolved file path or an http(s) URL
+    # The WSDL as read when the profile loaded (addons/wsdl.py's Wsdl); None without one.
+    schema: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -765,7 +769,38 @@ def _read_soap(r: _Reader, node: Any, path: str) -> SoapPolicy | None:
         return None
     namespace = r.value(s, path, "namespace", text)
     version = r.value(s, path, "version", choice("1.1", "1.2"), SoapPolicy.version)
-    return SoapPolicy(namespace, version) if namespace else None
+    action = r.value(s, path, "action", soap_action_template, SoapPolicy.action)
+    wsdl = r.value(s, path, "wsdl", lambda v: wsdl_location(r, v))
+    schema = None
+    if wsdl and version:
+        from .wsdl import WsdlError, load_wsdl  # zeep loads only for profiles that name a WSDL
+
+        try:
+            schema = load_wsdl(wsdl, version)
+        except WsdlError as e:
+            r.problem(_join(path, "wsdl"), str(e))
+    return SoapPolicy(namespace, version, action, wsdl, schema) if namespace else None
+
+
+def soap_action_template(value: Any) -> str:
+    """A SOAPAction with {namespace} and {operation} in it; it is sent in a quoted header value."""
+    template = text(value)
+    unknown = set(PLACEHOLDER_RE.findall(template)) - {"namespace", "operation"}
+    if unknown:
+        raise InvalidValue(f"may use {{namespace}} and {{operation}}, not {{{', '.join(sorted(unknown))}}}")
+    if any(c == '"' or c == "\\" or not c.isprintable() for c in template):
+        raise InvalidValue("must not contain quotes, backslashes or control characters (it is sent quoted in a header)")
+    return template
+
+
+def wsdl_location(r: _Reader, value: Any) -> str:
+    """An http(s) URL as written, or a file (relative to the profile's folder) resolved."""
+    raw = text(value)
+    if raw.lower().startswith(("http://", "https://")):
+        return raw
+    if "://" in raw:
+        raise InvalidValue(f"must be a file or an http(s) URL, got {raw!r}")
+    return str(r.path(raw))
 
 
 def _read_upstream(r: _Reader, name: Any, node: Any, path: str, has_state: bool) -> Upstream | None:

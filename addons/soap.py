@@ -63,9 +63,22 @@ class BadBody(ValueError):
     """The client's JSON cannot be expressed as the operation's XML."""
 
 
-def soap_action(namespace: str, operation: str) -> str:
-    """The conventional action URI of an operation: the namespace, '/', the operation."""
-    return namespace + operation if namespace.endswith(("/", "#")) else f"{namespace}/{operation}"
+def soap_action(template: str, namespace: str, operation: str) -> str:
+    """The action of an operation without a WSDL: the profile's template filled in. A namespace
+    ending in '/' or '#' is not followed by another '/' (`http://x/ns/` + `Op`)."""
+    if namespace.endswith(("/", "#")):
+        template = template.replace("{namespace}/", "{namespace}")
+    return template.replace("{namespace}", namespace).replace("{operation}", operation)
+
+
+def wrap_body(version: SoapVersion, body_element: bytes) -> bytes:
+    """The SOAP envelope around an already serialised Body element (made from the WSDL)."""
+    env = quoteattr(version.envelope_ns)
+    return b"".join((
+        f'<?xml version="1.0" encoding="utf-8"?><soap:Envelope xmlns:soap={env}><soap:Body>'.encode(),
+        body_element,
+        b"</soap:Body></soap:Envelope>",
+    ))
 
 
 def build_envelope(policy: SoapPolicy, operation: str, fields: dict) -> bytes:
@@ -129,40 +142,73 @@ class Fault:
     detail: Any
 
 
-def parse_answer(body: bytes) -> Any | Fault:
-    """The JSON value of the Body's element (`{Operation}Response`), or the Fault it holds."""
-    try:
-        root = defusedxml.ElementTree.fromstring(body, forbid_dtd=True)
-    except defusedxml.DefusedXmlException as e:
-        raise NotSoap(f"the answer declares a DTD or entities, which are refused ({type(e).__name__})") from None
-    except ParseError as e:
-        raise NotSoap(f"the answer is not XML ({e})") from None
+def parse_answer(body: bytes, operation: Any = None) -> Any | Fault:
+    """The JSON value of the Body's element (`{Operation}Response`), or the Fault it holds.
+
+    With the WSDL's `operation` (wsdl.WsdlOperation) the value is typed by its schema, else
+    leaves are strings unless the answer gives their xsi:type."""
+    if operation is None:
+        try:
+            root = defusedxml.ElementTree.fromstring(body, forbid_dtd=True)
+        except defusedxml.DefusedXmlException as e:
+            raise NotSoap(f"the answer declares a DTD or entities, which are refused ({type(e).__name__})") from None
+        except ParseError as e:
+            raise NotSoap(f"the answer is not XML ({e})") from None
+    else:
+        try:
+            root = operation.parse(body)
+        except ValueError as e:
+            raise NotSoap(f"the answer is not XML, or declares a DTD or entities, which are refused ({e})") from None
     env, _, local = root.tag[1:].partition("}")
     if local != "Envelope" or env not in ENVELOPE_NAMESPACES:
         raise NotSoap(f"the answer is XML but not a SOAP envelope (root element {_local(root.tag)!r})")
     body_el = root.find(f"{{{env}}}Body")
-    content = next(iter(body_el), None) if body_el is not None else None
+    content = next(iter(_elements(body_el)), None) if body_el is not None else None
     if content is None:
         raise NotSoap("the SOAP envelope has an empty or missing Body")
     if content.tag == f"{{{env}}}Fault":
         return _fault(content)
-    return _to_json(content)
+    if operation is None:
+        return _to_json(content)
+    try:
+        return operation.read(content)
+    except ValueError as e:
+        raise NotSoap(str(e)) from None
+
+
+def _elements(parent: Element) -> list[Element]:
+    """The child elements, without the processing instructions lxml keeps."""
+    return [child for child in parent if isinstance(child.tag, str)]
 
 
 def _fault(fault: Element) -> Fault:
-    by_name = {_local(child.tag): child for child in fault}
-    if "Code" in by_name:  # SOAP 1.2: Code/Value, Reason/Text, Detail
-        value = next((el for el in by_name["Code"] if _local(el.tag) == "Value"), None)
-        text = next((el for el in by_name.get("Reason", []) if _local(el.tag) == "Text"), None)
-        detail = by_name.get("Detail")
-        code, string = value, text
+    by_name = {_local(child.tag): child for child in _elements(fault)}
+    if "Code" in by_name:  # SOAP 1.2: Code/Value (Subcode/Value...), Reason/Text, Detail
+        text = next((el for el in _elements(by_name.get("Reason", [])) if _local(el.tag) == "Text"), None)
+        code, detail = _fault_code_12(by_name["Code"]), by_name.get("Detail")
     else:  # SOAP 1.1: faultcode, faultstring, detail
-        code, string, detail = by_name.get("faultcode"), by_name.get("faultstring"), by_name.get("detail")
+        code_el, text, detail = by_name.get("faultcode"), by_name.get("faultstring"), by_name.get("detail")
+        code = (code_el.text or "").strip() if code_el is not None else None
     return Fault(
-        code=(code.text or "").strip() if code is not None else None,
-        string=(string.text or "").strip() if string is not None else None,
+        code=code,
+        string=(text.text or "").strip() if text is not None else None,
         detail=_to_json(detail) if detail is not None else None,
     )
+
+
+def _fault_code_12(code: Element) -> str | None:
+    """`Sender/Bad`: the local names of Code/Value and of each nested Subcode/Value, joined by '/'."""
+    names = []
+    level: Element | None = code
+    for _ in range(MAX_DEPTH):  # subcodes nest; a hostile answer could nest them without end
+        if level is None:
+            break
+        children = {_local(el.tag): el for el in _elements(level)}
+        value = children.get("Value")
+        if value is not None:
+            names.append((value.text or "").strip().rpartition(":")[2])
+        level = children.get("Subcode")
+    return "/".join(names) if names else None
 
 
 def _local(tag: str) -> str:
@@ -171,7 +217,7 @@ def _local(tag: str) -> str:
 
 def _to_json(element: Element) -> Any:
     """Children become an object (repeated names a list); a leaf its text, typed by xsi:type."""
-    children = list(element)
+    children = _elements(element)
     if not children:
         if element.get(f"{{{XSI}}}nil") in ("true", "1"):
             return None
@@ -216,13 +262,15 @@ class SoapStage:
         self.upstream = upstream
         self.policy = upstream.soap
         self.version = VERSIONS[upstream.soap.version]
+        self.wsdl = upstream.soap.schema  # wsdl.Wsdl, read when the profile loaded; or None
 
     async def __call__(self, request: UpstreamRequest, call_next: Handler) -> UpstreamResponse:
         if request.method != "POST":
             return await call_next(request)
         operation = self.operation_of(request.path)
         request.notes["soap"] = operation
-        return self.from_soap(await call_next(self.to_soap(request, operation)))
+        described = self.wsdl.operations[operation] if self.wsdl else None
+        return self.from_soap(await call_next(self.to_soap(request, operation, described)), described)
 
     def operation_of(self, path: str) -> str:
         only_path = path.partition("?")[0]
@@ -230,9 +278,13 @@ class SoapStage:
         operation = rest[1:]
         if not rest.startswith("/") or not NCNAME_RE.match(operation):
             raise self.bad_request(f"call a SOAP operation as POST {{prefix}}/{{Operation}}, got path {rest or '/'!r}")
+        if self.wsdl and operation not in self.wsdl.operations:
+            known = ", ".join(sorted(self.wsdl.operations)[:20])
+            raise AmbassadorError("no_route", f"the WSDL of upstream {self.upstream.name} has no operation {operation} (it has {known})", self.upstream.name)
         return operation
 
-    def to_soap(self, request: UpstreamRequest, operation: str) -> UpstreamRequest:
+    def to_soap(self, request: UpstreamRequest, operation: str, described: Any = None) -> UpstreamRequest:
+        """The SOAP call; with the WSDL's `described` operation, checked against its schema."""
         try:
             fields = json.loads(request.body)
         except (ValueError, RecursionError):
@@ -240,11 +292,17 @@ class SoapStage:
         if not isinstance(fields, dict):
             raise self.bad_request(f"the body of a SOAP call ({operation}) must be a JSON object, got {type(fields).__name__}")
         try:
-            envelope = build_envelope(self.policy, operation, fields)
-        except BadBody as e:
+            if described is None:
+                envelope = build_envelope(self.policy, operation, fields)
+                action = soap_action(self.policy.action, self.policy.namespace, operation)
+            else:
+                envelope = wrap_body(self.version, described.body_xml(described.fields(fields)))
+                action = described.action
+        except (BadBody, ValueError) as e:  # the WSDL's refusals are ValueErrors naming the field
             raise self.bad_request(f"SOAP call {operation}: {e}") from None
+        except RecursionError:
+            raise self.bad_request(f"SOAP call {operation}: the JSON body nests too deeply") from None
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in REPLACED_REQUEST_HEADERS)
-        action = soap_action(self.policy.namespace, operation)
         if self.version.action_in_header:
             headers["Content-Type"] = self.version.content_type
             headers["SOAPAction"] = f'"{action}"'
@@ -260,7 +318,7 @@ class SoapStage:
             max_body=bounded.MAX_BODY,  # the answer is parsed whole
         )
 
-    def from_soap(self, answer: UpstreamResponse) -> UpstreamResponse:
+    def from_soap(self, answer: UpstreamResponse, described: Any = None) -> UpstreamResponse:
         name = self.upstream.name
         try:
             xml = bounded.decoded(answer.body, answer.headers.get("Content-Encoding", ""))
@@ -269,7 +327,7 @@ class SoapStage:
         except bounded.Undecodable as e:
             raise AmbassadorError("upstream_error", f"upstream {name} answered a SOAP answer that cannot be decoded: {e}", name) from None
         try:
-            result = parse_answer(xml)
+            result = parse_answer(xml, described)
         except RecursionError:
             raise AmbassadorError("upstream_error", f"upstream {name} answered XML nested too deeply to convert", name) from None
         except NotSoap as e:

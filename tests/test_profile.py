@@ -523,3 +523,70 @@ def test_what_is_not_an_origin(raw):
     assert normal_origin(raw) is None
     with pytest.raises(InvalidValue):
         origin(raw)
+
+
+# --- soap: wsdl and action ----------------------------------------------------------------
+
+WSDL = """<?xml version="1.0"?>
+<definitions xmlns="http://schemas.xmlsoap.org/wsdl/" xmlns:soap="http://schemas.xmlsoap.org/wsdl/soap/"
+  xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:tns="urn:x" targetNamespace="urn:x">
+  <types><xs:schema targetNamespace="urn:x" elementFormDefault="qualified">
+    <xs:element name="Ping"><xs:complexType><xs:sequence><xs:element name="n" type="xs:int"/></xs:sequence></xs:complexType></xs:element>
+    <xs:element name="PingResponse"><xs:complexType><xs:sequence><xs:element name="n" type="xs:int"/></xs:sequence></xs:complexType></xs:element>
+  </xs:schema></types>
+  <message name="PingIn"><part name="p" element="tns:Ping"/></message>
+  <message name="PingOut"><part name="p" element="tns:PingResponse"/></message>
+  <portType name="P"><operation name="Ping"><input message="tns:PingIn"/><output message="tns:PingOut"/></operation></portType>
+  <binding name="B" type="tns:P"><soap:binding style="document" transport="http://schemas.xmlsoap.org/soap/http"/>
+    <operation name="Ping"><soap:operation soapAction="urn:x:ping"/>
+      <input><soap:body use="literal"/></input><output><soap:body use="literal"/></output></operation></binding>
+  <service name="S"><port name="SP" binding="tns:B"><soap:address location="http://127.0.0.1:9/"/></port></service>
+</definitions>
+"""
+
+
+def test_soap_wsdl_is_read_from_the_profile_folder_when_the_profile_loads(folder):
+    (folder / "legacy").mkdir()
+    (folder / "legacy" / "ping.wsdl").write_text(WSDL)
+    soap = billing(folder, "soap: {namespace: 'urn:x', wsdl: legacy/ping.wsdl}\n").soap
+    assert soap.wsdl == str((folder / "legacy" / "ping.wsdl").resolve())
+    assert soap.schema.operations["Ping"].action == "urn:x:ping"
+    assert soap.action == "{namespace}/{operation}"
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "cannot read the WSDL"),
+    ("<definitions>not closed", "cannot read the WSDL"),
+    (WSDL.replace("<!DOCTYPE", "").replace('<?xml version="1.0"?>', '<?xml version="1.0"?><!DOCTYPE d [<!ENTITY e "x">]>'), "cannot read the WSDL"),
+])
+def test_a_broken_wsdl_is_a_problem_at_its_key(folder, content, problem):
+    if content is not None:
+        (folder / "ping.wsdl").write_text(content)
+    error = refused(write(folder, profile("soap: {namespace: 'urn:x', wsdl: ping.wsdl}\n")))
+    assert [path for path, _ in error.problems] == ["upstreams.billing.soap.wsdl"]
+    assert problem in error.problems[0][1]
+
+
+def test_a_wsdl_without_a_binding_for_the_version_is_a_problem(folder):
+    (folder / "ping.wsdl").write_text(WSDL)
+    error = refused(write(folder, profile("soap: {namespace: 'urn:x', version: '1.2', wsdl: ping.wsdl}\n")))
+    assert error.problems == [("upstreams.billing.soap.wsdl", f"the WSDL {(folder / 'ping.wsdl').resolve()} has no SOAP 1.2 binding (check soap.version)")]
+
+
+@pytest.mark.parametrize("action, problem", [
+    ("{namespace}#{op}", "may use {namespace} and {operation}, not {op}"),
+    ('say "{operation}"', "must not contain quotes"),
+    ("ftp://x", None),
+])
+def test_soap_action_template(folder, action, problem):
+    text = f"soap: {{namespace: 'urn:x', action: '{action}'}}\n"
+    if problem is None:
+        assert billing(folder, text).soap.action == action
+    else:
+        error = refused(write(folder, profile(text)))
+        assert error.problems[0][0] == "upstreams.billing.soap.action" and problem in error.problems[0][1]
+
+
+def test_soap_wsdl_of_another_scheme_is_refused(folder):
+    error = refused(write(folder, profile("soap: {namespace: 'urn:x', wsdl: 'ftp://x/y.wsdl'}\n")))
+    assert error.problems == [("upstreams.billing.soap.wsdl", "must be a file or an http(s) URL, got 'ftp://x/y.wsdl'")]

@@ -14,6 +14,7 @@ from addons.profile import SoapPolicy, parse_profile
 from addons.soap import Fault, NotSoap, SoapStage, build_envelope, parse_answer, soap_action
 
 NS = "urn:example:legacy"
+DEFAULT_ACTION = SoapPolicy.action
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 
@@ -47,8 +48,10 @@ def test_soap_12_envelope_namespace():
 
 
 def test_action_convention():
-    assert soap_action("http://a/ns", "Op") == "http://a/ns/Op"
-    assert soap_action("http://a/ns/", "Op") == "http://a/ns/Op"
+    assert soap_action(DEFAULT_ACTION, "http://a/ns", "Op") == "http://a/ns/Op"
+    assert soap_action(DEFAULT_ACTION, "http://a/ns/", "Op") == "http://a/ns/Op"
+    assert soap_action("urn:legacy#{operation}", "http://a/ns", "Op") == "urn:legacy#Op"
+    assert soap_action("{operation}", "http://a/ns", "Op") == "Op"
 
 
 def envelope(env, inner):
@@ -65,7 +68,19 @@ def test_faults_of_both_versions():
     f11 = parse_answer(envelope(SOAP11, "<e:Fault><faultcode>e:Server</faultcode><faultstring>boom</faultstring></e:Fault>"))
     assert f11 == Fault("e:Server", "boom", None)
     f12 = parse_answer(envelope(SOAP12, "<e:Fault><e:Code><e:Value>e:Sender</e:Value></e:Code><e:Reason><e:Text>bad</e:Text></e:Reason><e:Detail><why>x</why></e:Detail></e:Fault>"))
-    assert f12 == Fault("e:Sender", "bad", {"why": "x"})
+    assert f12 == Fault("Sender", "bad", {"why": "x"})
+
+
+def test_soap_12_fault_code_carries_the_subcodes_by_local_name():
+    code = "<e:Code><e:Value>e:Sender</e:Value><e:Subcode><e:Value>m:Bad</e:Value><e:Subcode><e:Value>Worse</e:Value></e:Subcode></e:Subcode></e:Code>"
+    fault = parse_answer(envelope(SOAP12, f'<e:Fault xmlns:m="urn:m">{code}<e:Reason><e:Text>no</e:Text></e:Reason></e:Fault>'))
+    assert fault == Fault("Sender/Bad/Worse", "no", None)
+
+
+def test_soap_12_subcodes_nested_without_end_are_bounded():
+    code = "<e:Code><e:Value>e:Sender</e:Value>" + "<e:Subcode><e:Value>x</e:Value>" * 200 + "</e:Subcode>" * 200 + "</e:Code>"
+    fault = parse_answer(envelope(SOAP12, f"<e:Fault>{code}</e:Fault>"))
+    assert fault.code.count("/") < 100
 
 
 @pytest.mark.parametrize("body, problem", [
