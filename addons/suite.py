@@ -34,6 +34,7 @@ from .exchange import UpstreamRequest, UpstreamResponse, client_request
 from .gateway import Gateway
 from .operations import AdminCommands, ConnectionLog, ExchangeObserver, MetricsEndpoint
 from .replay import Replay
+from .flow_list import AdminFlowsHidden
 from .upstream_flows import UpstreamFlows
 from .profile import ADMIN_PREFIX, PROFILES_DIR, Profile, ProfileError, load_profile, resolve_profile_name
 from .routing import Route, is_admin_path, names_ambassador
@@ -79,6 +80,10 @@ class ProfileManager:
         path = resolve_profile_name(ctx.options.ambassador_profile, PROFILES_DIR).resolve()
         if self.gateway and path == self.gateway.profile.path and _signature(path) == self.loaded_signature:
             return  # unchanged, e.g. the option being rolled back after a refused swap
+        if self.gateway and self.watcher is not None and not path.is_file():
+            # Most likely a name still being typed in mitmweb's options editor: refused, but
+            # not logged as a refusal on every keystroke; the editor shows why.
+            raise exceptions.OptionsError(f"no profile at {path}; keeping {self.gateway.profile.path}")
         try:
             self.swap(path)
         except ProfileError as e:
@@ -451,6 +456,7 @@ def make_addons() -> list:
         SidecarDefaults(),
         Replay(manager),
         flows,
+        AdminFlowsHidden(),
         ClientGate(manager),
         MetricsEndpoint(),
         Aggregates(manager, flows),

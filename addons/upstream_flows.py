@@ -20,6 +20,7 @@ console) or keep them (`save_stream_file`, so under `./run.sh record`), `on` alw
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
@@ -30,7 +31,11 @@ from mitmproxy.proxy.layers.http import HttpErrorHook, HttpResponseHook
 from .exchange import UpstreamExchange, UpstreamRequest
 from .service import UpstreamService
 
+log = logging.getLogger("ambassador")
+
 MODES = ("auto", "on", "off")
+EXCHANGE_MARKER = ":arrow_right:"  # mitmweb's filter: ~marker arrow_right
+FAILED_MARKER = ":warning:"
 
 Redact = Callable[[str], str]
 
@@ -80,12 +85,20 @@ def redact_bytes(body: bytes, redact: Redact) -> bytes:
 
 
 def describe(exchange: UpstreamExchange, number: int, client_flow_id: str | None) -> str:
+    """The child flow's comment: what it was first, as mitmweb's comment column is narrow."""
     what = "token fetch" if exchange.kind == "token" else f"try {number}"
     outcome = f"{exchange.response.status}" if exchange.response is not None else f"failed: {exchange.error}"
     parts = [f"upstream {exchange.upstream}", f"{what}: {outcome}", f"{(exchange.ended - exchange.started) * 1000:.0f}ms"]
     if client_flow_id:
         parts.append(f"for client flow {client_flow_id}")
     return " · ".join(parts)
+
+
+def marker(exchange: UpstreamExchange) -> str:
+    """Every upstream exchange is marked; one that failed or was refused stands out."""
+    if exchange.response is None or exchange.response.status >= 500 or exchange.response.status == 429:
+        return FAILED_MARKER
+    return EXCHANGE_MARKER
 
 
 class UpstreamFlows:
@@ -123,10 +136,13 @@ class UpstreamFlows:
                 return
             if exchange.kind == "try":
                 tries[exchange.upstream] += 1
-            child = child_flow(exchange, service.redact, client_flow)
-            path = urlsplit(exchange.url)
-            requested = service.without_credential((path.path or "/") + (f"?{path.query}" if path.query else ""))
-            self.add(child, exchange, tries[exchange.upstream], client_flow, requested)
+            try:
+                child = child_flow(exchange, service.redact, client_flow)
+                path = urlsplit(exchange.url)
+                requested = service.without_credential((path.path or "/") + (f"?{path.query}" if path.query else ""))
+                self.add(child, exchange, tries[exchange.upstream], client_flow, requested)
+            except Exception:  # showing an exchange must never break it
+                log.exception("could not show the exchange with upstream %s as a flow", exchange.upstream)
 
         request.observer = observe
 
@@ -139,9 +155,9 @@ class UpstreamFlows:
             client_flow.metadata.setdefault("ambassador", {}).setdefault("exchanges", []).append(child.id)
         child.metadata["ambassador"] = notes
         child.comment = describe(exchange, number, client_flow.id if client_flow else None)
-        child.marked = ":arrow_right:" if exchange.response is not None and exchange.response.status < 500 else ":x:"
-        if ctx.master.addons.get("view") is not None:
-            ctx.master.commands.call("view.flows.add", [child])
+        child.marked = marker(exchange)
+        if (view := ctx.master.addons.get("view")) is not None:
+            view.add([child])
         # What mitmproxy's own addons (save, dump, the flow list) see of a finished flow.
         event = HttpResponseHook(child) if child.response is not None else HttpErrorHook(child)
         task = asyncio.get_running_loop().create_task(ctx.master.addons.handle_lifecycle(event))

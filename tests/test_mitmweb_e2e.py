@@ -61,7 +61,7 @@ upstreams:
 
         browser.get(amb.ui_url)
         # (the harness's readiness probes of /_ambassador/status are flows too)
-        rows = WebDriverWait(browser, 30).until(lambda b: upstream_rows(b) if len(upstream_rows(b)) == 3 else None)
+        rows = WebDriverWait(browser, 30).until(lambda b: client_rows(b) if len(client_rows(b)) == 3 else None)
         browser.save_screenshot(str(tmp_path / "mitmweb.png"))  # for a person looking into a failure
         table = [(row.find_element(By.CSS_SELECTOR, "td.col-path").text, comment_of(row)) for row in rows]
 
@@ -82,9 +82,48 @@ upstreams:
         assert SECRET not in browser.page_source
 
 
-def upstream_rows(browser) -> list:
+def client_rows(browser) -> list:
+    """The clients' flows (their paths name a route), not the upstream exchanges made for them."""
     rows = browser.find_elements(By.CSS_SELECTOR, ".flow-table tbody tr:has(td.col-comment)")
-    return [row for row in rows if "/_ambassador/" not in row.find_element(By.CSS_SELECTOR, "td.col-path").text]
+    return [row for row in rows if any(p in row.find_element(By.CSS_SELECTOR, "td.col-path").text for p in ("/billing/", "/fragile/"))]
+
+
+def exchange_rows(browser) -> list:
+    rows = browser.find_elements(By.CSS_SELECTOR, ".flow-table tbody tr:has(td.col-comment)")
+    return [row for row in rows if " · try " in comment_of(row) or " · token fetch" in comment_of(row)]
+
+
+def test_each_try_is_a_flow_of_its_own_linked_to_the_clients(tmp_path, browser):
+    """A retried request: the client's flow and, beside it, each try as it went to the upstream
+    (its real URL, the credential redacted, its own answer)."""
+    answers = iter([Reply.json({"error": "busy"}, 503), Reply.json({"invoice": 7})])
+    with FakeUpstream(lambda req: next(answers)) as billing:
+        profile = f"""
+upstreams:
+  billing:
+    url: {billing.url}/api
+    match: {{path_prefix: /billing}}
+    auth: {{type: bearer, token: "{SECRET}"}}
+    retry: {{attempts: 2, backoff: 1ms}}
+"""
+        with WebAmbassador(tmp_path, profile) as amb:
+            assert amb.get("/billing/invoices/7")[0] == 200
+            browser.get(amb.ui_url)
+            tries = WebDriverWait(browser, 30).until(lambda b: exchange_rows(b) if len(exchange_rows(b)) == 2 else None)
+            browser.save_screenshot(str(tmp_path / "mitmweb.png"))
+            [client] = client_rows(browser)
+            assert "attempts 2" in comment_of(client)
+            texts = [(row.find_element(By.CSS_SELECTOR, "td.col-path").text, comment_of(row)) for row in tries]
+            assert all("/api/invoices/7" in path for path, _ in texts)  # the upstream's real URL
+            assert [c.split(" · ")[1] for _, c in sorted(texts, key=lambda t: t[1])] == ["try 1: 503", "try 2: 200"]
+            flows = {f["id"]: f for f in amb.flows()}
+            [client_flow] = [f for f in flows.values() if f["request"]["path"] == "/billing/invoices/7"]
+            for _, comment in texts:
+                assert f"for client flow {client_flow['id']}" in comment
+            tries[0].click()
+            headers = WebDriverWait(browser, 15).until(lambda b: b.find_element(By.CSS_SELECTOR, ".flow-detail .headers"))
+            assert "Authorization: Bearer [redacted]" in headers.text.splitlines()
+            assert SECRET not in browser.page_source
 
 
 def comment_of(row) -> str:
