@@ -47,13 +47,19 @@ def embedded(response: UpstreamResponse, upstream: str) -> Any:
 def json_value(headers: CIMultiDict[str], body: bytes) -> Any:
     if not body:
         return None
-    content_type = headers.get("Content-Type", "").partition(";")[0].strip().lower()
-    if not content_type or content_type == "application/json" or content_type.endswith("+json"):
+    content_type = headers.get("Content-Type", "")
+    if not content_type or is_json_type(content_type):
         try:
             return json.loads(body)
         except (ValueError, RecursionError):
             pass
     return body.decode("utf-8", "replace")
+
+
+def is_json_type(content_type: str) -> bool:
+    """`application/json` or a `+json` type, parameters aside."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 def answer_of(error: AmbassadorError) -> UpstreamResponse:

@@ -14,7 +14,7 @@ from mitmproxy import ctx, exceptions, http
 
 from .aggregate import AggregateTable, fan_out
 from .suite import ProfileManager, addressed_to_ambassador, attached, body_size_limit, detach, error_response, json_response, to_upstream_request
-from .batch import parse_batch, run_batch
+from .batch import BatchItem, parse_batch, run_batch
 from .errors import AmbassadorError
 from .gateway import Gateway
 from .jobs import MAX_JOBS, Jobs
@@ -106,9 +106,13 @@ class Batch:
             flow.response = error_response(e)
             return
         for item in items:
-            self.flows.watch(flow, item.request, gateway.services)
+            if isinstance(item, BatchItem):
+                self.flows.watch(flow, item.request, gateway.services)
         flow.response = json_response(200, await run_batch(items, gateway.services, body_size_limit()))
-        flow.metadata.setdefault("ambassador", {})["batch"] = [item.route.upstream.name for item in items]
+        # Per item: its upstream, or null for an item answered with an error before routing.
+        flow.metadata.setdefault("ambassador", {})["batch"] = [
+            item.route.upstream.name if isinstance(item, BatchItem) else item.upstream for item in items
+        ]
 
 
 class JobEndpoint:
