@@ -12,7 +12,7 @@ import re
 
 from mitmproxy import ctx, exceptions, http
 
-from .aggregate import AggregateTable, fan_out
+from .aggregate import AggregateTable, fan_out, query_values
 from .suite import ProfileManager, addressed_to_ambassador, attached, body_size_limit, detach, error_response, json_response, to_upstream_request
 from .batch import BatchItem, parse_batch, run_batch
 from .errors import AmbassadorError
@@ -66,7 +66,8 @@ class Aggregates:
             first = gateway.profile.upstreams[next(iter(aggregate.parts.values())).upstream]
             template = to_upstream_request(flow, Route(first, request.path))  # the client's headers and timeout
             self.flows.watch(flow, template, gateway.services)  # the parts are copies of it
-            status, document, parts = await fan_out(gateway.services, aggregate, captures, template)
+            query = query_values(request.path.partition("?")[2])
+            status, document, parts = await fan_out(gateway.services, aggregate, captures, template, query)
         except AmbassadorError as e:
             e.upstream = None  # the aggregate's own problem, not one upstream's
             flow.response = error_response(e)
