@@ -88,8 +88,8 @@ def _parse_item(raw: dict, routes: RouteTable) -> BatchItem:
         raise AmbassadorError("method_not_allowed", f"{method.upper()} is not allowed")
     if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
         raise bad(f"method must be one of {', '.join(sorted(HTTP_METHODS - REFUSED_METHODS))}, got {method!r}")
-    if "url" in raw and "path" in raw:
-        raise bad("give path (a route on the ambassador) or url (a match.host upstream), not both")
+    if ("url" in raw) == ("path" in raw):
+        raise bad(f"an item gives a path (a route on the ambassador) or a url (a match.host upstream), {'not both' if 'url' in raw else 'got neither'}")
     if "url" in raw:
         host, port, path = _split_url(raw["url"])
     else:
