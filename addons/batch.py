@@ -89,13 +89,14 @@ def _parse_item(raw: dict, routes: RouteTable) -> BatchItem:
     if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
         raise bad(f"method must be one of {', '.join(sorted(HTTP_METHODS - REFUSED_METHODS))}, got {method!r}")
     if ("url" in raw) == ("path" in raw):
-        raise bad(f"an item gives a path (a route on the ambassador) or a url (a match.host upstream), {'not both' if 'url' in raw else 'got neither'}")
+        given = "not both" if "url" in raw else "got neither"
+        raise bad(f"an item gives a path (a route on the ambassador) or a url (a match.host upstream), {given}")
     if "url" in raw:
         host, port, path = _split_url(raw["url"])
     else:
         path = raw.get("path")
     if not isinstance(path, str) or not path.startswith("/") or BAD_VALUE_RE.search(path) or " " in path:
-        raise bad(f"path must be a path on the ambassador starting with '/', got {path!r}")
+        raise bad(f"path must be a path on the ambassador starting with '/', got {str(path)[:200]!r}")
     if is_admin_path(path):
         raise bad(f"{ADMIN_PREFIX}/ paths cannot be batched")
     headers = _headers(raw.get("headers") or {})
@@ -106,18 +107,19 @@ def _parse_item(raw: dict, routes: RouteTable) -> BatchItem:
 
 def _split_url(url: Any) -> tuple[str, int, str]:
     """The host, port and path (query included) of an item's absolute `url`."""
+    not_a_url = bad(f"url must be an absolute http:// or https:// URL, got {str(url)[:200]!r}")
     if not isinstance(url, str) or BAD_VALUE_RE.search(url) or " " in url:
-        raise bad(f"url must be an absolute http:// or https:// URL, got {url!r}")
-    parts = urlsplit(url)
+        raise not_a_url
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port that is no number or out of range
+    except ValueError:  # also an unclosed IPv6 bracket, a name that NFKC turns into '/' or '@'
+        raise not_a_url from None
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-        raise bad(f"url must be an absolute http:// or https:// URL, got {url!r}")
+        raise not_a_url
     if "@" in parts.netloc:
         raise bad("url must not carry a user or password: the upstream's auth supplies credentials")
-    try:
-        port = parts.port or DEFAULT_PORTS[parts.scheme]
-    except ValueError:
-        raise bad(f"url has a bad port: {url!r}") from None
-    return parts.hostname, port, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.hostname, port or DEFAULT_PORTS[parts.scheme], (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def _proxy_route(host: str, port: int, path: str, routes: RouteTable) -> Route:

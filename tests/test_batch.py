@@ -80,7 +80,11 @@ def test_items_by_path_and_by_url_are_routed_like_requests_through_those_doors()
     ({"url": "http://evil.example/x"}, 403, "not_allowed", "no upstream matches evil.example:80", None),
     ({"url": "http://ledger.internal/x"}, 403, "not_allowed", "ledger.internal:80", None),  # its match.host names port 8443
     ({"url": "http://billing.internal@evil.example/x"}, 400, "bad_request", "user or password", None),
-    ({"url": "http://billing.internal:99999/x"}, 400, "bad_request", "bad port", None),
+    ({"url": "http://billing.internal:99999/x"}, 400, "bad_request", "http:// or https://", None),
+    ({"url": "http://billing.internal:x/x"}, 400, "bad_request", "http:// or https://", None),
+    ({"url": "http://[::1/x"}, 400, "bad_request", "http:// or https://", None),
+    ({"url": "http://billing.internal\uff0fevil.example/x"}, 400, "bad_request", "http:// or https://", None),
+    ({"url": "http:///x"}, 400, "bad_request", "http:// or https://", None),
     ({"url": "ftp://billing.internal/x"}, 400, "bad_request", "http:// or https://", None),
     ({"url": "/crm/x"}, 400, "bad_request", "http:// or https://", None),
     ({"url": "http://billing.internal/x\r\nX-Injected: 1"}, 400, "bad_request", "url must be", None),
