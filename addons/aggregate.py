@@ -13,14 +13,14 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 from multidict import CIMultiDict
 
 from . import bounded
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
-from .profile import PLACEHOLDER_RE, Aggregate, Profile
+from .profile import PART_PLACEHOLDER_RE, PLACEHOLDER_RE, QUERY_PLACEHOLDER, Aggregate, Profile
 from .routing import check_no_dot_segments, join_path
 from .service import UpstreamService
 
@@ -47,13 +47,19 @@ def embedded(response: UpstreamResponse, upstream: str) -> Any:
 def json_value(headers: CIMultiDict[str], body: bytes) -> Any:
     if not body:
         return None
-    content_type = headers.get("Content-Type", "").partition(";")[0].strip().lower()
-    if not content_type or content_type == "application/json" or content_type.endswith("+json"):
+    content_type = headers.get("Content-Type", "")
+    if not content_type or is_json_type(content_type):
         try:
             return json.loads(body)
         except (ValueError, RecursionError):
             pass
     return body.decode("utf-8", "replace")
+
+
+def is_json_type(content_type: str) -> bool:
+    """`application/json` or a `+json` type, parameters aside."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
 
 
 def answer_of(error: AmbassadorError) -> UpstreamResponse:
@@ -90,15 +96,38 @@ def _compile(template: str) -> re.Pattern[str]:
     return re.compile("/".join(segments))
 
 
-def part_path(template: str, captures: Mapping[str, str]) -> str:
-    """A part's path with the captures filled in, each confined to where it stands.
+def query_values(query: str) -> dict[str, str]:
+    """The client's query parameters, decoded once (`+` is a space); a repeated name keeps
+    its first value. Bytes that are no UTF-8 are kept as they came (surrogateescape)."""
+    values: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True, errors="surrogateescape"):
+        values.setdefault(name, value)
+    return values
 
-    Captures are percent-encoded completely ('/', '?', '&', '#' included), and a part path
-    that would still hold a '.' or '..' segment is refused (upstreams may decode them).
+
+def part_path(template: str, captures: Mapping[str, str], query: Mapping[str, str] | None = None) -> str:
+    """A part's path with the captures and `{query.name}` parameters filled in, each confined
+    to where it stands.
+
+    Values are percent-encoded completely ('/', '?', '&', '#' included), and a part path
+    that would still hold a '.' or '..' segment is refused (upstreams may decode them). A
+    `{query.name}` the client's query lacks is a bad_request.
     """
-    path = PLACEHOLDER_RE.sub(lambda m: quote(captures[m.group(1)], safe=""), template)
+    path = PART_PLACEHOLDER_RE.sub(lambda m: _filled(m.group(1), captures, query or {}), template)
     check_no_dot_segments(path)
     return path
+
+
+def _filled(name: str, captures: Mapping[str, str], query: Mapping[str, str]) -> str:
+    """A placeholder's value, percent-encoded completely."""
+    if name.startswith(QUERY_PLACEHOLDER):
+        parameter = name[len(QUERY_PLACEHOLDER):]
+        if parameter not in query:
+            raise AmbassadorError("bad_request", f"this aggregate needs the query parameter {parameter} (?{parameter}=...)")
+        value = query[parameter]
+    else:
+        value = captures[name]
+    return quote(value.encode("utf-8", "surrogateescape"), safe="")
 
 
 @dataclass
@@ -126,18 +155,24 @@ class PartResult:
 
 
 async def fan_out(
-    services: Mapping[str, UpstreamService], aggregate: Aggregate, captures: Mapping[str, str], template: UpstreamRequest
+    services: Mapping[str, UpstreamService],
+    aggregate: Aggregate,
+    captures: Mapping[str, str],
+    template: UpstreamRequest,
+    query: Mapping[str, str] | None = None,
 ) -> tuple[int, dict, list[PartResult]]:
     """Request every part concurrently; the answer's status, its JSON document, and the parts.
 
-    `template` carries the client's headers and overrides (timeout...); parts are GETs with no body.
-    Raises AmbassadorError (bad_request) before any upstream contact when a capture is hostile.
+    `template` carries the client's headers and overrides (timeout...); parts are GETs with no
+    body. `query` holds the client's query parameters (`query_values`). Raises AmbassadorError
+    (bad_request) before any upstream contact when a capture or parameter is hostile, or a
+    parameter a part names is missing.
     """
     headers = CIMultiDict((k, v) for k, v in template.headers.items() if k.lower() not in NOT_FORWARDED_TO_PARTS)
     planned = []
     for name, part in aggregate.parts.items():
         service = services[part.upstream]
-        path = join_path(service.upstream.url.base_path, part_path(part.path, captures))
+        path = join_path(service.upstream.url.base_path, part_path(part.path, captures, query))
         request = dataclasses.replace(
             template, method="GET", path=path, headers=headers.copy(), body=b"", notes={}, max_body=bounded.MAX_BODY
         )

@@ -1,9 +1,11 @@
 """`POST /_ambassador/batch` (SPEC 6): several requests in one, run concurrently.
 
-Each item is routed like a request addressed to the ambassador (`match.path_prefix`) and handed
-to its upstream's service, so it gets that upstream's policies. The whole batch is checked
-before anything is sent: one bad item refuses the batch with 400 and no upstream is contacted.
-Plain Python; the mitmproxy addon is `compose.Batch`.
+Each item is routed like a request of its own: by `path`, as a request addressed to the
+ambassador (`match.path_prefix`), or by `url`, as a proxy request to a `match.host` upstream.
+It is handed to its upstream's service, so it gets that upstream's policies. Only a batch that
+is no list of item objects, or is too large, is refused whole; any other problem is the answer
+in that item's slot, and the other items still run. Plain Python; the mitmproxy addon is
+`compose.Batch`.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
 from . import bounded
-from .aggregate import NOT_FORWARDED_TO_PARTS, answer_of, decoded_body, json_value
+from .aggregate import NOT_FORWARDED_TO_PARTS, answer_of, decoded_body, is_json_type, json_value
+from .client_gate import REFUSED_METHODS
 from .errors import AmbassadorError
-from .exchange import UpstreamRequest, client_request
+from .exchange import UpstreamRequest, UpstreamResponse, client_request
 from .profile import ADMIN_PREFIX, HTTP_METHODS
-from .routing import Route, RouteTable, is_admin_path
+from .routing import Route, RouteTable, is_admin_path, no_upstream_matches
 from .service import UpstreamService
 
 MAX_ITEMS = 100
@@ -29,7 +33,8 @@ MAX_BODY = 1024 * 1024  # bytes of the whole batch document
 # The items' bodies together, when mitmproxy's body_size_limit (which compose.Batch passes on)
 # is unset: mitmproxy run without run.sh.
 MAX_ANSWER = 64 * 1024**2
-ITEM_KEYS = frozenset({"method", "path", "headers", "body"})
+ITEM_KEYS = frozenset({"method", "path", "url", "headers", "body"})
+DEFAULT_PORTS = {"http": 80, "https": 443}  # the schemes an item's url may have
 TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 BAD_VALUE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # control characters; a tab is allowed
 # They describe the body on the wire, not the decoded body embedded in the answer.
@@ -46,8 +51,12 @@ def bad(message: str) -> AmbassadorError:
     return AmbassadorError("bad_request", message)
 
 
-def parse_batch(body: bytes, routes: RouteTable) -> list[BatchItem]:
-    """Validate and route a batch document; raises AmbassadorError(bad_request) on any problem."""
+def parse_batch(body: bytes, routes: RouteTable) -> list[BatchItem | AmbassadorError]:
+    """Each item ready to run, or the error its slot answers with.
+
+    Raises AmbassadorError(bad_request) for the batch as a whole only when it is no batch: not
+    JSON, not a list, an item that is not an object, more than MAX_ITEMS items or MAX_BODY bytes.
+    """
     if len(body) > MAX_BODY:
         raise bad(f"a batch is at most {MAX_BODY} bytes, got {len(body)}")
     try:
@@ -58,35 +67,67 @@ def parse_batch(body: bytes, routes: RouteTable) -> list[BatchItem]:
         raise bad(f"a batch must be a JSON list of requests, got a JSON {type(document).__name__}")
     if len(document) > MAX_ITEMS:
         raise bad(f"a batch holds at most {MAX_ITEMS} requests, got {len(document)}")
-    items = []
     for index, raw in enumerate(document):
-        try:
-            items.append(_parse_item(raw, routes))
-        except AmbassadorError as e:
-            raise bad(f"batch item {index}: {e.message}") from None
-    return items
+        if not isinstance(raw, dict):
+            raise bad(f"batch item {index} must be an object with method, path or url, headers, body; got a JSON {type(raw).__name__}")
+    return [_item_or_error(raw, routes) for raw in document]
 
 
-def _parse_item(raw: Any, routes: RouteTable) -> BatchItem:
-    if not isinstance(raw, dict):
-        raise bad(f"must be an object with method, path, headers, body; got a JSON {type(raw).__name__}")
+def _item_or_error(raw: dict, routes: RouteTable) -> BatchItem | AmbassadorError:
+    try:
+        return _parse_item(raw, routes)
+    except AmbassadorError as e:
+        return e
+
+
+def _parse_item(raw: dict, routes: RouteTable) -> BatchItem:
     if unknown := raw.keys() - ITEM_KEYS:
         raise bad(f"unknown keys {sorted(unknown)} (allowed: {', '.join(sorted(ITEM_KEYS))})")
     method = raw.get("method", "GET")
+    if isinstance(method, str) and method.upper() in REFUSED_METHODS:
+        raise AmbassadorError("method_not_allowed", f"{method.upper()} is not allowed")
     if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
-        raise bad(f"method must be one of {', '.join(sorted(HTTP_METHODS))}, got {method!r}")
-    path = raw.get("path")
+        raise bad(f"method must be one of {', '.join(sorted(HTTP_METHODS - REFUSED_METHODS))}, got {method!r}")
+    if ("url" in raw) == ("path" in raw):
+        given = "not both" if "url" in raw else "got neither"
+        raise bad(f"an item gives a path (a route on the ambassador) or a url (a match.host upstream), {given}")
+    if "url" in raw:
+        host, port, path = _split_url(raw["url"])
+    else:
+        path = raw.get("path")
     if not isinstance(path, str) or not path.startswith("/") or BAD_VALUE_RE.search(path) or " " in path:
-        raise bad(f"path must be a path on the ambassador starting with '/', got {path!r}")
+        raise bad(f"path must be a path on the ambassador starting with '/', got {str(path)[:200]!r}")
     if is_admin_path(path):
         raise bad(f"{ADMIN_PREFIX}/ paths cannot be batched")
     headers = _headers(raw.get("headers") or {})
     body = _body(raw.get("body"), headers)
-    try:
-        route = routes.for_path(path)
-    except AmbassadorError as e:
-        raise bad(e.message) from None
+    route = _proxy_route(host, port, path, routes) if "url" in raw else routes.for_path(path)
     return BatchItem(route, upstream_request(method.upper(), route, headers, body))
+
+
+def _split_url(url: Any) -> tuple[str, int, str]:
+    """The host, port and path (query included) of an item's absolute `url`."""
+    not_a_url = bad(f"url must be an absolute http:// or https:// URL, got {str(url)[:200]!r}")
+    if not isinstance(url, str) or BAD_VALUE_RE.search(url) or " " in url:
+        raise not_a_url
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port that is no number or out of range
+    except ValueError:  # also an unclosed IPv6 bracket, a name that NFKC turns into '/' or '@'
+        raise not_a_url from None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise not_a_url
+    if "@" in parts.netloc:
+        raise bad("url must not carry a user or password: the upstream's auth supplies credentials")
+    return parts.hostname, port or DEFAULT_PORTS[parts.scheme], (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _proxy_route(host: str, port: int, path: str, routes: RouteTable) -> Route:
+    """Routed like a proxy request: only to an upstream whose `match.host` names the host."""
+    upstream = routes.for_host(host, port)
+    if upstream is None:
+        raise no_upstream_matches(host, port)
+    return routes.for_proxy(upstream, path)
 
 
 def _headers(raw: Any) -> CIMultiDict[str]:
@@ -103,7 +144,8 @@ def _headers(raw: Any) -> CIMultiDict[str]:
 
 
 def _body(raw: Any, headers: CIMultiDict[str]) -> bytes:
-    """null: no body; a string: sent as UTF-8 text; any other JSON value: sent as JSON."""
+    """null: no body; a string: sent as UTF-8 text; any other JSON value: sent as JSON, so
+    under a JSON Content-Type only (the item's, else application/json)."""
     if raw is None:
         return b""
     if isinstance(raw, str):
@@ -111,7 +153,12 @@ def _body(raw: Any, headers: CIMultiDict[str]) -> bytes:
             return raw.encode("utf-8")
         except UnicodeEncodeError:
             raise bad("body holds a lone surrogate, which is not Unicode text") from None
-    headers.setdefault("Content-Type", "application/json")
+    content_type = headers.setdefault("Content-Type", "application/json")
+    if not is_json_type(content_type):
+        raise bad(
+            f"body is a JSON {type(raw).__name__}, sent as JSON, but the item's Content-Type is {content_type[:100]!r}:"
+            " give the body as a string, or a JSON Content-Type"
+        )
     return json.dumps(raw).encode()
 
 
@@ -147,27 +194,39 @@ class AnswerBudget:
         self.left -= size
 
 
-async def run_batch(items: list[BatchItem], services: Mapping[str, UpstreamService], total: int | None = None) -> list[dict]:
-    """Run the items concurrently; their answers in the items' order. The items' bodies together
-    are at most `total` bytes: items answered once it is used up fail with too_large."""
+async def run_batch(
+    items: list[BatchItem | AmbassadorError], services: Mapping[str, UpstreamService], total: int | None = None
+) -> list[dict]:
+    """Run the items concurrently; their answers in the items' order, an error in its own slot.
+    The items' bodies together are at most `total` bytes: items answered once it is used up
+    fail with too_large."""
     budget = AnswerBudget(total or MAX_ANSWER)
-    return list(await asyncio.gather(*(_run_item(item, services[item.route.upstream.name], budget) for item in items)))
+    return list(await asyncio.gather(*(_run_item(item, services, budget) for item in items)))
 
 
-async def _run_item(item: BatchItem, service: UpstreamService, budget: AnswerBudget) -> dict:
-    name = service.upstream.name
+async def _run_item(item: BatchItem | AmbassadorError, services: Mapping[str, UpstreamService], budget: AnswerBudget) -> dict:
+    if isinstance(item, AmbassadorError):
+        answer = answer_of(item)
+        return _slot(answer, answer.body, item.upstream)
+    name = item.route.upstream.name
     try:
-        answer = await service.handle(item.request)
+        answer = await services[name].handle(item.request)
         body = decoded_body(answer, name)
         budget.take(len(body), name)
     except AmbassadorError as e:
         e.upstream = e.upstream or name
         answer = answer_of(e)
         body = answer.body
+    return _slot(answer, body, name)
+
+
+def _slot(answer: UpstreamResponse, body: bytes, upstream: str | None) -> dict:
+    """An item's place in the batch answer: its status, headers and (decoded) body."""
     headers: dict[str, str] = {}
     for key, value in answer.headers.items():
         if key.lower() in WIRE_HEADERS:
             continue
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    headers["X-Ambassador-Upstream"] = name
+    if upstream:
+        headers["X-Ambassador-Upstream"] = upstream
     return {"status": answer.status, "headers": headers, "body": json_value(answer.headers, body)}

@@ -12,9 +12,9 @@ import re
 
 from mitmproxy import ctx, exceptions, http
 
-from .aggregate import AggregateTable, fan_out
+from .aggregate import AggregateTable, fan_out, query_values
 from .suite import ProfileManager, addressed_to_ambassador, attached, body_size_limit, detach, error_response, json_response, to_upstream_request
-from .batch import parse_batch, run_batch
+from .batch import BatchItem, parse_batch, run_batch
 from .errors import AmbassadorError
 from .gateway import Gateway
 from .jobs import MAX_JOBS, Jobs
@@ -66,7 +66,8 @@ class Aggregates:
             first = gateway.profile.upstreams[next(iter(aggregate.parts.values())).upstream]
             template = to_upstream_request(flow, Route(first, request.path))  # the client's headers and timeout
             self.flows.watch(flow, template, gateway.services)  # the parts are copies of it
-            status, document, parts = await fan_out(gateway.services, aggregate, captures, template)
+            query = query_values(request.path.partition("?")[2])
+            status, document, parts = await fan_out(gateway.services, aggregate, captures, template, query)
         except AmbassadorError as e:
             e.upstream = None  # the aggregate's own problem, not one upstream's
             flow.response = error_response(e)
@@ -106,9 +107,13 @@ class Batch:
             flow.response = error_response(e)
             return
         for item in items:
-            self.flows.watch(flow, item.request, gateway.services)
+            if isinstance(item, BatchItem):
+                self.flows.watch(flow, item.request, gateway.services)
         flow.response = json_response(200, await run_batch(items, gateway.services, body_size_limit()))
-        flow.metadata.setdefault("ambassador", {})["batch"] = [item.route.upstream.name for item in items]
+        # Per item: its upstream, or null for an item answered with an error before routing.
+        flow.metadata.setdefault("ambassador", {})["batch"] = [
+            item.route.upstream.name if isinstance(item, BatchItem) else item.upstream for item in items
+        ]
 
 
 class JobEndpoint:

@@ -37,6 +37,10 @@ SIZE_RE = re.compile(SIZE_PATTERN)
 SUBSTITUTION_RE = re.compile(SUBSTITUTION_PATTERN)
 VARIABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# In an aggregate part's path: a capture of the aggregate's path, or `{query.NAME}`, the
+# client's query parameter NAME (letters, digits and `_ . ~ -`).
+QUERY_PLACEHOLDER = "query."
+PART_PLACEHOLDER_RE = re.compile(r"\{(query\.[A-Za-z0-9_.~-]+|[A-Za-z_][A-Za-z0-9_]*)\}")
 HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 SIZE_UNITS = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
@@ -888,7 +892,10 @@ def _read_aggregates(r: _Reader, node: Any, upstream_names: set[str]) -> dict[st
             if not part.startswith("/") or any(c.isspace() for c in part):
                 r.problem(part_path, f"the path after '{upstream}:' must start with '/' and have no spaces, got {part!r}")
                 continue
-            unknown = set(PLACEHOLDER_RE.findall(part)) - set(captures)
+            if any(c in PART_PLACEHOLDER_RE.sub("", part) for c in "{}"):
+                r.problem(part_path, "'{' and '}' may only enclose a {capture} of the aggregate's path or a {query.name} of the client's query")
+                continue
+            unknown = {n for n in PART_PLACEHOLDER_RE.findall(part) if not n.startswith(QUERY_PLACEHOLDER)} - set(captures)
             if unknown:
                 r.problem(part_path, f"uses {{{', '.join(sorted(unknown))}}} which the path does not capture")
                 continue

@@ -96,6 +96,11 @@ def fully_decoded(path: str) -> bytes:
     return data
 
 
+def no_upstream_matches(host: str, port: int) -> AmbassadorError:
+    """For a request through the ambassador to a host that no upstream's `match.host` names."""
+    return AmbassadorError("not_allowed", f"no upstream matches {host}:{port}; the ambassador is not an open proxy")
+
+
 class RouteTable:
     def __init__(self, profile: Profile):
         self.by_host: dict[str, Upstream] = {}

@@ -37,7 +37,7 @@ from .replay import Replay
 from .flow_list import AdminFlowsHidden
 from .upstream_flows import UpstreamFlows
 from .profile import ADMIN_PREFIX, PROFILES_DIR, Profile, ProfileError, load_profile, resolve_profile_name
-from .routing import Route, is_admin_path, names_ambassador
+from .routing import Route, is_admin_path, names_ambassador, no_upstream_matches
 from .service import UpstreamService
 
 log = logging.getLogger("ambassador")
@@ -229,9 +229,7 @@ class Router:
     def http_connect(self, flow: http.HTTPFlow) -> None:
         gateway = self.manager.gateway
         if not gateway.routes.for_host(flow.request.host, flow.request.port):
-            flow.response = error_response(
-                AmbassadorError("not_allowed", f"no upstream matches {flow.request.host}:{flow.request.port}; the ambassador is not an open proxy")
-            )
+            flow.response = error_response(no_upstream_matches(flow.request.host, flow.request.port))
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -245,9 +243,7 @@ class Router:
             elif addressed_to_ambassador(flow, gateway.profile.allowed_hosts):
                 route = gateway.routes.for_path(request.path)
             else:
-                raise AmbassadorError(
-                    "not_allowed", f"no upstream matches {request.host}:{request.port}; the ambassador is not an open proxy"
-                )
+                raise no_upstream_matches(request.host, request.port)
         except AmbassadorError as e:
             flow.response = error_response(e)
             return

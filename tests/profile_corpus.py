@@ -98,7 +98,7 @@ VALID = [
             aggregates:
               /dashboard/{user_id}:
                 user: billing:/users/{user_id}
-                orders: billing:/orders?user={user_id}
+                orders: billing:/orders?user={user_id}&page={query.page}&sort={query.sort-by}
             state: redis://127.0.0.1:6379/0
             """,
         ),
@@ -230,6 +230,8 @@ INVALID = [
     Invalid("aggregate-without-parts", profile(top="aggregates:\n  /d: {}\n"), "aggregates./d", "must map part names to 'upstream:/path'"),
     Invalid("aggregate-part-without-upstream", profile(top="aggregates:\n  /d: {a: /users}\n"), "aggregates./d.a", "must be 'upstream:/path'"),
     Invalid("aggregate-part-path-relative", profile(top="aggregates:\n  /d: {a: 'billing:users'}\n"), "aggregates./d.a", "the path after 'billing:' must start with '/'"),
+    Invalid("aggregate-part-stray-brace", profile(top="aggregates:\n  /d/{id}: {a: 'billing:/u/{id}/{user-id}'}\n"), "aggregates./d/{id}.a", "'{' and '}' may only enclose"),
+    Invalid("aggregate-part-unclosed-placeholder", profile(top="aggregates:\n  /d: {a: 'billing:/u?page={query.page'}\n"), "aggregates./d.a", "'{' and '}' may only enclose"),
     Invalid("aggregate-part-named-errors", profile(top="aggregates:\n  /d: {_errors: 'billing:/a'}\n"), "aggregates./d._errors", "_errors is reserved"),
 ]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict
 
-from addons.aggregate import AggregateTable, embedded, part_path
+from addons.aggregate import AggregateTable, embedded, part_path, query_values
 from addons.errors import AmbassadorError
 from addons.exchange import UpstreamResponse
 from addons.profile import parse_profile
@@ -52,6 +52,43 @@ def test_captures_are_confined_to_their_segment(value, expected):
 def test_captures_that_would_become_dot_segments_are_refused(value):
     with pytest.raises(AmbassadorError) as e:
         part_path("/users/{id}/x", {"id": value})
+    assert e.value.reason == "bad_request"
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("", {}),
+    ("page=2&sort=name", {"page": "2", "sort": "name"}),
+    ("page=", {"page": ""}),
+    ("page", {"page": ""}),
+    ("page=1&page=2", {"page": "1"}),  # a repeated parameter: its first value
+    ("q=a+b%26c%3Dd", {"q": "a b&c=d"}),  # decoded once, '+' is a space
+    ("sort%2Dby=x", {"sort-by": "x"}),
+])
+def test_query_values(query, expected):
+    assert query_values(query) == expected
+
+
+@pytest.mark.parametrize("query, expected", [
+    ({"page": "2"}, "/orders?user=42&page=2"),
+    ({"page": ""}, "/orders?user=42&page="),
+    ({"page": "2&admin=1#x"}, "/orders?user=42&page=2%26admin%3D1%23x"),  # one parameter, never two
+    ({"page": "a b/c"}, "/orders?user=42&page=a%20b%2Fc"),
+    ({"page": "\udcff"}, "/orders?user=42&page=%FF"),  # a byte that was no UTF-8, as it came
+])
+def test_query_parameters_fill_their_place_percent_encoded(query, expected):
+    assert part_path("/orders?user={id}&page={query.page}", {"id": "42"}, query) == expected
+
+
+def test_a_missing_query_parameter_is_a_bad_request_naming_it():
+    with pytest.raises(AmbassadorError) as e:
+        part_path("/orders?user={id}&page={query.page}", {"id": "42"}, {"pages": "1"})
+    assert e.value.reason == "bad_request" and "query parameter page" in e.value.message
+
+
+@pytest.mark.parametrize("value", ["..", "%2e%2e", "../admin"])
+def test_query_parameters_in_a_path_segment_cannot_climb_out(value):
+    with pytest.raises(AmbassadorError) as e:
+        part_path("/files/{query.name}/meta", {}, {"name": value})
     assert e.value.reason == "bad_request"
 
 

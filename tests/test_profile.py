@@ -218,7 +218,7 @@ def test_every_section_is_read_into_its_policy(folder):
     dashboard = loaded.aggregates["/dashboard/{user_id}"]
     assert {name: (p.upstream, p.path) for name, p in dashboard.parts.items()} == {
         "user": ("billing", "/users/{user_id}"),
-        "orders": ("billing", "/orders?user={user_id}"),
+        "orders": ("billing", "/orders?user={user_id}&page={query.page}&sort={query.sort-by}"),
     }
 
 
