@@ -54,7 +54,7 @@ def state_url(url: str, folder: Path) -> str:
         raise ValueError(f"has an invalid port: {shown!r}") from None
     if parts.scheme not in SCHEMES or not (parts.hostname or (parts.scheme == "unix" and parts.path)):
         raise ValueError(
-            f"must be redis://host:port/db, rediss://host:port/db (TLS), unix:///path.sock "
+            f"must be a redis://host:port/db URL, rediss://host:port/db (TLS), unix:///path.sock "
             f"or redis+cluster://host:port, got {shown!r}"
         )
     if parts.scheme == CLUSTER_SCHEME and (parts.path.strip("/") not in ("", "0") or port is None):
@@ -63,6 +63,8 @@ def state_url(url: str, folder: Path) -> str:
     unknown = sorted({name for name, _ in options} - OPTIONS)
     if unknown:
         raise ValueError(f"unknown option {', '.join(unknown)} (known: {', '.join(sorted(OPTIONS))})")
+    if not any(name in FILE_OPTIONS for name, _ in options):
+        return url
     resolved = []
     for name, value in options:
         if name in FILE_OPTIONS:
