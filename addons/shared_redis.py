@@ -17,6 +17,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 
 CLUSTER_SCHEME = "redis+cluster"
 SCHEMES = ("redis", "rediss", "unix", CLUSTER_SCHEME)
@@ -25,6 +26,9 @@ FILE_OPTIONS = frozenset({"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"})
 OPTIONS = FILE_OPTIONS | {"db", "ssl_cert_reqs", "ssl_check_hostname"}
 
 Client = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+# What a Redis that cannot be asked raises; a cluster's client also raises its own exception,
+# not a RedisError, when no node answers.
+ERRORS = (RedisError, RedisClusterException, OSError)
 
 
 def upstream_keys(upstream_name: str) -> str:

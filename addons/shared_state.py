@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass
 
 from pybreaker import STATE_CLOSED as CLOSED, STATE_HALF_OPEN as HALF_OPEN, STATE_OPEN as OPEN
-from redis.exceptions import RedisError
 
 from . import shared_redis
 from .profile import BreakerPolicy
@@ -209,7 +208,7 @@ class SharedBreakerState:
             state, generation, failures, admitted, wait_ms = await self.scripts[script](
                 keys=[self.key], args=[self.reset_ms, *args]
             )
-        except (RedisError, OSError) as e:
+        except shared_redis.ERRORS as e:
             raise SharedStateUnavailable(f"{type(e).__name__}: {e}") from None
         now = time.monotonic()
         self.view = View(state.decode(), int(generation), int(failures), now + int(wait_ms) / 1000, now)

@@ -8,6 +8,7 @@ import pytest
 import redis
 import redis.cluster
 
+from addons.breaker import SHARED_RETRY
 from harness import Ambassador, FakeUpstream, Received, Reply, Switch, run_sh
 from redis_server import RedisCluster, TlsRedisServer
 
@@ -144,3 +145,25 @@ def test_a_password_in_the_url_never_shows(tls_server, tmp_path):
     checked = run_sh("check", str(tmp_path / "bad.yaml"))
     said = checked.stdout + checked.stderr
     assert checked.returncode != 0 and "state:" in said and ":***@" in said and PASSWORD not in said
+
+
+def test_a_cluster_going_down_fails_no_request(tmp_path):
+    with RedisCluster(tmp_path) as cluster, FakeUpstream(Switch()) as flaky, FakeUpstream(cached) as origin:
+        (tmp_path / "a").mkdir()
+        with Ambassador(tmp_path / "a", profile(cluster.url, flaky, origin)) as a:
+            assert a.get("/flaky/x")[0] == 200 and a.get("/s/down")[1]["X-Cache"] == "MISS"
+            assert a.get("/s/down")[1]["X-Cache"] == "HIT"
+            cluster.kill()
+            deadline = time.monotonic() + 15
+            while "shared breaker state unreachable" not in a.output or "cache store failed" not in a.output:
+                assert a.get("/flaky/x")[0] == 200
+                assert a.get("/s/down")[:1] == (200,)
+                assert time.monotonic() < deadline, a.output
+                time.sleep(0.1)
+            # Redis is asked again after a pause, when a cluster client fails differently.
+            until = time.monotonic() + SHARED_RETRY + 1
+            while time.monotonic() < until:
+                assert a.get("/flaky/x")[0] == 200
+                assert a.get("/s/down")[:1] == (200,)
+                time.sleep(0.05)
+            assert "Traceback" not in a.output

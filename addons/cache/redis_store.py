@@ -24,8 +24,6 @@ import asyncio
 import logging
 import time
 
-import redis
-
 from .. import shared_redis
 from .entry import Entry, dump_variants, load_variants
 
@@ -124,7 +122,7 @@ class RedisStore:
         try:
             self._entries = await self._run("count")
             self.counted_at = time.monotonic()
-        except (redis.RedisError, OSError) as e:
+        except shared_redis.ERRORS as e:
             log.debug("cannot count cache entries in redis: %s", e)
         finally:
             self.counting = None
