@@ -77,6 +77,7 @@ EOF
 ensure_test_tools() { # what the end-to-end tests need from the system; installed where we can (root + apt)
     local missing=()
     command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)  # joins the test Redis Cluster
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the mitmweb UI test
     command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
     [[ ${#missing[@]} -eq 0 ]] && return

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from . import shared_redis
 from .fields import HOP_BY_HOP, TRANSPORT_OWNED
 
 # Patterns shared with profiles/schema.json (there anchored with ^...$).
@@ -605,12 +606,11 @@ def plain_host_name(value: Any) -> str:
     return host
 
 
-def redis_url(value: Any) -> str:
-    raw = text(value)
-    parts = urlsplit(raw)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-        raise InvalidValue(f"must be a redis://host:port/db URL, got {raw!r}")
-    return raw
+def redis_url(value: Any, folder: Path) -> str:
+    try:
+        return shared_redis.state_url(text(value), folder)
+    except ValueError as e:
+        raise InvalidValue(str(e)) from None
 
 
 # --- sections ------------------------------------------------------------------------------
@@ -924,7 +924,7 @@ def parse_profile(document: Any, path: Path) -> Profile:
     top = r.section(document, "", SECTIONS["profile"])
     if top is None:
         raise ProfileError(str(path), r.problems)
-    state = r.value(top, "", "state", redis_url)
+    state = r.value(top, "", "state", functools.partial(redis_url, folder=r.folder))
     allowed_origins = _read_list(r, top, "allowed_origins", origin)
     allowed_hosts = _read_list(r, top, "allowed_hosts", plain_host_name)
     upstreams: dict[str, Upstream] = {}

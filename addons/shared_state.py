@@ -14,8 +14,9 @@ Lua script, so it is atomic in Redis:
 - `READ` returns the state unchanged.
 
 Nothing is written when an instance starts: a missing key reads as closed, so counters never
-reset because an instance (re)starts. Keys are `ambassador:breaker:<upstream name>`: the same
-upstream name in any profile is the same partner service.
+reset because an instance (re)starts. The key is `ambassador:{<upstream name>}:breaker`: the same
+upstream name in any profile is the same partner service, and on a Redis Cluster the key sits in
+the slot of that upstream's other keys.
 
 Every instance keeps the last state it read for at most `FRESH_FOR`: while that is closed,
 requests are admitted without a round trip, and successes cost none while no failures are
@@ -29,15 +30,11 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from pybreaker import STATE_CLOSED as CLOSED, STATE_HALF_OPEN as HALF_OPEN, STATE_OPEN as OPEN
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
+from . import shared_redis
 from .profile import BreakerPolicy
 
-KEY_PREFIX = "ambassador:breaker:"
 FRESH_FOR = 0.5  # seconds a state read from Redis is trusted while closed or open
 # A request waits at most this long for Redis before the instance falls back to its local
 # breaker; the fallback must cost requests little, so this is short.
@@ -144,9 +141,9 @@ class View:
 class SharedBreakerState:
     """One upstream's breaker in Redis. Raises SharedStateUnavailable when Redis fails."""
 
-    def __init__(self, client: aioredis.Redis, upstream_name: str, policy: BreakerPolicy, trial_lease: float):
+    def __init__(self, client: shared_redis.Client, upstream_name: str, policy: BreakerPolicy, trial_lease: float):
         self.client = client
-        self.key = KEY_PREFIX + upstream_name
+        self.key = shared_redis.upstream_keys(upstream_name) + "breaker"
         self.policy = policy
         self.reset_ms = round(policy.reset_timeout * 1000)
         self.lease_ms = round(trial_lease * 1000)
@@ -158,10 +155,7 @@ class SharedBreakerState:
     @classmethod
     def connect(cls, url: str, upstream_name: str, policy: BreakerPolicy, trial_lease: float) -> SharedBreakerState:
         # No client-side retries: a Redis that is down must cost a request one short wait.
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 0)
-        )
-        return cls(client, upstream_name, policy, trial_lease)
+        return cls(shared_redis.connect(url, REDIS_TIMEOUT, retries=False), upstream_name, policy, trial_lease)
 
     @property
     def state(self) -> str:
@@ -214,7 +208,7 @@ class SharedBreakerState:
             state, generation, failures, admitted, wait_ms = await self.scripts[script](
                 keys=[self.key], args=[self.reset_ms, *args]
             )
-        except (RedisError, OSError) as e:
+        except shared_redis.ERRORS as e:
             raise SharedStateUnavailable(f"{type(e).__name__}: {e}") from None
         now = time.monotonic()
         self.view = View(state.decode(), int(generation), int(failures), now + int(wait_ms) / 1000, now)

@@ -112,6 +112,11 @@ def test_processes_opening_a_new_sqlite_file_at_once_both_get_it(tmp_path):
 # --- redis ----------------------------------------------------------------------------------------
 
 
+def cache_keys(origin: FakeUpstream) -> dict[str, str]:
+    """The `stored` upstream's cache keys in Redis by part: blobs, used, expires, bytes."""
+    return {part: f"ambassador:{{stored}}:cache:stored {origin.url}:{part}" for part in ("blobs", "used", "expires", "bytes")}
+
+
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory):
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
@@ -128,9 +133,10 @@ def test_redis_store_is_shared_by_instances_and_expires(tmp_path, redis):
             # Unsafe methods invalidate for every instance.
             assert b.request("PUT", "/s/shared", body=b"x")[1]["X-Cache"] == "BYPASS"
             assert a.get("/s/shared")[1]["X-Cache"] == "MISS"
-            keys = redis_client.Redis.from_url(redis.url).keys("ambassador:cache:*")
-            assert len(keys) == 1
-            ttl = redis_client.Redis.from_url(redis.url).pttl(keys[0])
+            client = redis_client.Redis.from_url(redis.url)
+            stored = cache_keys(origin)
+            assert client.hlen(stored["blobs"]) == 1
+            ttl = client.pttl(stored["expires"])
             assert 0 < ttl <= (300 + 86400) * 1000  # freshness plus the time a validator keeps it useful
             deadline = time.monotonic() + 10
             while a.status()["upstreams"]["stored"]["cache"]["entries"] != 1:
@@ -145,10 +151,12 @@ def test_redis_entries_expire_in_redis(tmp_path, redis):
     with FakeUpstream(short) as origin, Ambassador(tmp_path, profile(origin.url, "redis", redis.url)) as amb:
         amb.get("/s/short")
         client = redis_client.Redis.from_url(redis.url)
-        key = f"ambassador:cache:stored {origin.url}/short".encode()  # upstream name, then the URI
-        assert 0 < client.pttl(key) <= 1000
+        stored = cache_keys(origin)
+        entry = f"stored {origin.url}/short".encode()  # upstream name, then the URI
+        assert client.hexists(stored["blobs"], entry)
+        assert 0 < client.pttl(stored["blobs"]) <= 1000  # its keys go with their last entry
         deadline = time.monotonic() + 10
-        while client.exists(key):
+        while client.exists(*stored.values()):
             assert time.monotonic() < deadline
             time.sleep(0.1)
 
@@ -195,8 +203,10 @@ def test_redis_store_keeps_to_max_bytes_across_instances_evicting_the_least_rece
                 (a if i % 2 else b).get(f"/s/big{i}")
                 if i >= 1:
                     assert a.get("/s/big0")[1]["X-Cache"] == "HIT"  # used again and again: never the least recent
-            stored = {k.decode().rsplit("/", 1)[1]: client.strlen(k) for k in client.keys("ambassador:cache:*")}
+            blobs = cache_keys(origin)["blobs"]
+            stored = {k.decode().rsplit("/", 1)[1]: client.hstrlen(blobs, k) for k in client.hkeys(blobs)}
             assert sum(stored.values()) <= 64 * 1024
+            assert sum(stored.values()) == int(client.get(cache_keys(origin)["bytes"]))
             assert 4 <= len(stored) < 12 and "big0" in stored and "big11" in stored and "big1" not in stored
             assert b.get("/s/big1")[1]["X-Cache"] == "MISS"  # evicted, fetched again
             assert b.get("/s/big11")[1]["X-Cache"] == "HIT"

@@ -490,10 +490,10 @@ def test_path_prefixes_and_hosts():
 
 def test_redis_urls():
     for good in ("redis://127.0.0.1:6379/0", "rediss://:pw@h:6380", "unix:///run/redis.sock"):
-        assert redis_url(good) == good
+        assert redis_url(good, Path(".")) == good
     for bad in ("http://h", "redis://", "127.0.0.1:6379"):
         with pytest.raises(InvalidValue, match="must be a redis://host:port/db URL"):
-            redis_url(bad)
+            redis_url(bad, Path("."))
 
 
 def test_allowed_origins_and_hosts_are_normalised(folder):

@@ -13,7 +13,8 @@ from addons.breaker import BreakerStage
 from addons.errors import AmbassadorError
 from addons.exchange import UpstreamRequest, UpstreamResponse
 from addons.profile import BreakerPolicy
-from addons.shared_state import FRESH_FOR, KEY_PREFIX, SharedBreakerState, SharedStateUnavailable
+from addons.shared_redis import upstream_keys
+from addons.shared_state import FRESH_FOR, SharedBreakerState, SharedStateUnavailable
 from redis_server import RedisServer, free_port
 
 POLICY = BreakerPolicy(fail_max=3, reset_timeout=0.3, half_open_max=2)
@@ -37,7 +38,7 @@ def instances(url, name, n=2, policy=POLICY, lease=10.0):
 async def stored(url, name) -> dict:
     client = aioredis.Redis.from_url(url, decode_responses=True)
     try:
-        return await client.hgetall(KEY_PREFIX + name)
+        return await client.hgetall(upstream_keys(name) + "breaker")
     finally:
         await client.aclose()
 

@@ -28,7 +28,8 @@ from ..profile import Upstream
 from ..service import Handler
 from . import freshness, keys, ranges
 from .entry import SURROGATE_TOKEN, Entry, has_credentials, make_entry, merge_not_modified, same_representation
-from .stores import Guarded, MemoryStore, RedisStore, SqliteStore, Store
+from .redis_store import RedisStore
+from .stores import Guarded, MemoryStore, SqliteStore, Store
 
 log = logging.getLogger("ambassador.cache")
 
@@ -53,7 +54,7 @@ def make_store(upstream: Upstream, state: str | None) -> Store:
     if policy.store == "sqlite":
         return SqliteStore(policy.sqlite_path, policy.max_bytes)
     if policy.store == "redis":
-        return RedisStore(state, keys.namespace(upstream), policy.max_bytes)
+        return RedisStore(state, upstream.name, keys.namespace(upstream), policy.max_bytes)
     return MemoryStore(policy.max_bytes)
 
 

@@ -7,8 +7,7 @@ A store maps a primary key (the target URI) to the list of its stored variants (
   as objects: a hit copies nothing.
 - `SqliteStore`: a file that survives restarts; one dedicated thread owns the connection, so
   the event loop never waits on the disk and requests never share a connection unsafely.
-- `RedisStore`: the profile's `state`, shared by several ambassador instances; Redis expires
-  entries itself (bound its memory with Redis' own `maxmemory`).
+- `RedisStore` (`redis_store.py`): the profile's `state`, shared by several ambassador instances.
 
 `Guarded` wraps any of them: a failing store (Redis down, disk full) degrades to a cache that
 stores nothing, with one warning per outage instead of failed requests.
@@ -26,17 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
-import redis.asyncio
-
 from ..sqlite_wal import BUSY_WAIT, switch_to_wal
 from .entry import Entry, dump_variants, load_variants
 
 log = logging.getLogger("ambassador.cache")
 
-REDIS_PREFIX = "ambassador:cache:"
-REDIS_TIMEOUT = 1.0  # a store slower than this is treated as down: answer from upstream instead
 OUTAGE_PAUSE = 2.0  # seconds a failed store is left alone before it is tried again
-COUNT_REFRESH = 1.0  # seconds between recounts of a shared store's entries
 # A memory store item's own bookkeeping: its (variants, size, expiry) tuple and ordered-dict slot.
 ITEM_OVERHEAD = 256
 
@@ -219,121 +213,6 @@ class SqliteStore:
     async def close(self) -> None:
         await self._run(self._sync_close)
         self.executor.shutdown(wait=False)
-
-
-# The byte account of one upstream's entries in a shared Redis, kept by Lua scripts so that
-# every instance sharing it keeps the same one: KEYS = blob, lru (sorted set: entry -> last
-# use, ms), sizes (hash: entry -> bytes of its blob), total (their sum). An entry that expired
-# in Redis stays in the account until it is asked for or evicted, so the blobs really stored
-# never exceed the account. ARGV[1] is always the entry's key, ARGV[2] the blob key prefix.
-_FORGET = """
-local size = redis.call('HGET', KEYS[3], ARGV[1])
-if size then
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('DECRBY', KEYS[4], size)
-end
-"""
-REDIS_GET = """
-local blob = redis.call('GET', KEYS[1])
-if blob then
-  redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[1])
-  return blob
-end
-""" + _FORGET + "return nil\n"
-REDIS_DELETE = "redis.call('DEL', KEYS[1])\n" + _FORGET
-REDIS_PUT = _FORGET + """
-local blob, px, now, max = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local size = string.len(blob)
-if size > max then
-  redis.call('DEL', KEYS[1])
-  return 0
-end
-redis.call('SET', KEYS[1], blob, 'PX', px)
-redis.call('HSET', KEYS[3], ARGV[1], size)
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-local used = redis.call('INCRBY', KEYS[4], size)
-while used > max do
-  local oldest = redis.call('ZPOPMIN', KEYS[2])[1]
-  local freed = redis.call('HGET', KEYS[3], oldest) or 0
-  redis.call('HDEL', KEYS[3], oldest)
-  redis.call('DEL', ARGV[2] .. oldest)
-  used = redis.call('DECRBY', KEYS[4], freed)
-end
-return used
-"""
-
-
-class RedisStore:
-    """Entries in a Redis shared by several ambassador instances; each blob expires in Redis
-    (`PX`) when it can no longer be of use, and the least recently used are evicted beyond
-    `max_bytes` of blobs for this upstream, whichever instance stored them."""
-
-    def __init__(self, url: str, count_prefix: str, max_bytes: int):
-        self.redis = redis.asyncio.from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
-        self.count_prefix = REDIS_PREFIX + count_prefix
-        self.max_bytes = max_bytes
-        self.account = [f"ambassador:cache-{part}:{count_prefix}" for part in ("lru", "sizes", "bytes")]
-        self.scripts = {name: self.redis.register_script(code) for name, code in (("get", REDIS_GET), ("put", REDIS_PUT), ("delete", REDIS_DELETE))}
-        self.counted_at = 0.0
-        self.counting: asyncio.Task | None = None
-        self._entries = 0
-
-    @property
-    def entries(self) -> int:
-        """The last count of this upstream's keys in Redis; asks for a recount when it is old."""
-        if time.monotonic() - self.counted_at > COUNT_REFRESH and not self.counting:
-            try:
-                self.counting = asyncio.get_running_loop().create_task(self._count())
-            except RuntimeError:
-                pass  # asked from outside the event loop: the last count has to do
-        return self._entries
-
-    async def _count(self) -> None:
-        try:
-            self._entries = sum([1 async for _ in self.redis.scan_iter(match=_glob_escape(self.count_prefix) + "*", count=1000)])
-            self.counted_at = time.monotonic()
-        except (redis.RedisError, OSError) as e:
-            log.debug("cannot count cache entries in redis: %s", e)
-        finally:
-            self.counting = None
-
-    def _run(self, script: str, key: str, *args):
-        return self.scripts[script](keys=[REDIS_PREFIX + key, *self.account], args=[key, REDIS_PREFIX, *args])
-
-    async def get(self, key: str) -> list[Entry] | None:
-        blob = await self._run("get", key, int(time.time() * 1000))
-        return None if blob is None else load_variants(blob)
-
-    async def put(self, key: str, variants: list[Entry], keep_for: float) -> None:
-        await self._run("put", key, dump_variants(variants), max(1, int(keep_for * 1000)), int(time.time() * 1000), self.max_bytes)
-
-    async def delete(self, key: str) -> None:
-        await self._run("delete", key)
-
-    async def clear(self, prefix: str) -> None:
-        accounted = [k.decode() async for k, _ in self.redis.hscan_iter(self.account[1], match=_glob_escape(prefix) + "*", count=1000)]
-        for key in accounted:
-            await self.delete(key)
-        batch = []  # blobs outside the account: stored before it existed
-        async for key in self.redis.scan_iter(match=_glob_escape(REDIS_PREFIX + prefix) + "*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                await self.redis.unlink(*batch)
-                batch.clear()
-        if batch:
-            await self.redis.unlink(*batch)
-        self._entries = 0
-        self.counted_at = 0.0
-
-    async def close(self) -> None:
-        if self.counting:
-            self.counting.cancel()
-        await self.redis.aclose()
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 class Guarded:
