@@ -143,9 +143,11 @@ def test_the_job_limit_is_an_option_of_1000_by_default():
 
     from addons.compose import RespondAsync
     from addons.jobs import Jobs
+    from addons.suite import ProfileManager
+    from addons.upstream_flows import UpstreamFlows
 
     jobs = Jobs()
-    with taddons.context(RespondAsync(jobs)) as tctx:
+    with taddons.context(RespondAsync(jobs, ProfileManager(), UpstreamFlows())) as tctx:
         assert tctx.options.ambassador_async_max_jobs == MAX_JOBS == 1000
         tctx.configure(tctx.master.addons.get("respondasync"), ambassador_async_max_jobs=5)
         assert jobs.max_jobs == 5

@@ -144,12 +144,13 @@ def test_options_editor_swaps_the_profile(web):
     for partial in (str(second)[:-9], str(second)[:-4]):
         status, body = api.call("PUT", "/options", {"ambassador_profile": partial})
         assert status == 400 and "no profile at" in body, body
+    typed = len(amb.lines)
 
     status, body = api.call("PUT", "/options", {"ambassador_profile": str(broken)})
     assert status == 400
     assert "upstreams.app.match.path_prefix: must start with '/'" in body and str(broken) in body
     amb.wait_for_log(r"profile refused, keeping the running one", start=mark)  # logged too, not only shown
-    assert sum("profile refused" in line for line in amb.lines[mark:]) == 1
+    assert not any("refused" in line for line in amb.lines[mark:typed])
     assert served_by(amb) == "two"
     assert amb.status()["profile"] == str(second)
 
