@@ -126,6 +126,14 @@ return reply(0)
 """
 
 
+def redis_client(url: str) -> aioredis.Redis:
+    """A client for shared decisions. No client-side retries: a Redis that is down must cost
+    a request one short wait, after which the caller decides alone."""
+    return aioredis.Redis.from_url(
+        url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 0)
+    )
+
+
 class SharedStateUnavailable(Exception):
     """Redis could not be asked; the caller falls back to its local breaker."""
 
@@ -157,11 +165,7 @@ class SharedBreakerState:
 
     @classmethod
     def connect(cls, url: str, upstream_name: str, policy: BreakerPolicy, trial_lease: float) -> SharedBreakerState:
-        # No client-side retries: a Redis that is down must cost a request one short wait.
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, retry=Retry(NoBackoff(), 0)
-        )
-        return cls(client, upstream_name, policy, trial_lease)
+        return cls(redis_client(url), upstream_name, policy, trial_lease)
 
     @property
     def state(self) -> str:
