@@ -106,7 +106,10 @@ def test_a_wait_longer_than_the_requests_timeout_is_refused(amb, upstreams):
         answers = list(pool.map(lambda i: amb.get(f"/rate/t{i}", {"X-Ambassador-Timeout": "1s"}), range(40)))
     refused = [json.loads(body) for status, _, body in answers if status == 429]
     assert refused and all(r["reason"] == "rate_limited" and "timeout" in r["error"] for r in refused)
-    assert all(status in (200, 429) for status, _, _ in answers), [(s, b) for s, _, b in answers if s not in (200, 429)]
+    # One whose turn came just before its time was up may still run out of it on the way.
+    others = [json.loads(body)["reason"] for status, _, body in answers if status not in (200, 429)]
+    assert set(others) <= {"timeout"}, others
+    assert sum(status == 200 for status, _, _ in answers) >= 20
 
 
 def hold_connection(amb, path: str) -> socket.socket:
