@@ -184,3 +184,12 @@ def test_retries_stay_within_their_budget(amb, upstreams):
     # 20 requests of 3 tries would be 60; 10% of 20 plus one a second is far fewer
     retries = len(handler.arrivals) - 20
     assert 1 <= retries <= 2 + 2 * (1 + int(time.monotonic() - handler.arrivals[0]))
+
+
+def test_status_and_metrics_show_the_limit(amb, upstreams):
+    limit = amb.status()["upstreams"]["rate"]["limit"]
+    assert limit["waiting"] == 0 and limit["rate"]["per_second"] == 20 and limit["rate"]["burst"] == 2
+    metrics = amb.get("/_ambassador/metrics")[2].decode()
+    assert 'ambassador_limit_waiting{upstream="rate"} 0.0' in metrics
+    count = next(line for line in metrics.splitlines() if line.startswith('ambassador_limit_wait_seconds_count{upstream="rate"}'))
+    assert float(count.split()[-1]) >= 30
