@@ -64,7 +64,8 @@ def advanced(pace: Pace, state: PaceState, now: float) -> PaceState:
         tokens = min(float(pace.burst), tokens + (now - state.at) * pace.rate)
     start = window_start(pace, now)
     used = state.used if start == state.window_start else 0
-    return replace(state, tokens=tokens, at=now, window_start=start, used=used)
+    # The constructor, not dataclasses.replace: this runs for every request.
+    return PaceState(tokens, now, start, used, state.paused_until)
 
 
 def wait_for(pace: Pace, state: PaceState, now: float, ahead: int = 0) -> float:
@@ -93,7 +94,8 @@ def take(pace: Pace, state: PaceState, now: float) -> tuple[PaceState, float]:
     wait = wait_for(pace, state, now)
     if wait > 0:
         return state, wait
-    return replace(state, tokens=state.tokens - (pace.rate is not None), used=state.used + 1), 0.0
+    tokens = state.tokens - 1 if pace.rate is not None else state.tokens
+    return PaceState(tokens, state.at, state.window_start, state.used + 1, state.paused_until), 0.0
 
 
 def give_back(pace: Pace, state: PaceState, now: float, window: float) -> PaceState:
