@@ -33,7 +33,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 from harness import Ambassador, FakeUpstream, Reply  # noqa: E402  (tests/ is not a package)
 from loadgen import drive  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
