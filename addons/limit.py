@@ -29,7 +29,7 @@ from typing import Callable
 from . import metrics
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
-from .pacing import Pace, PaceState, Refusal, give_back, initial, paused, refusal, take, upstream_pause, wait_for
+from .pacing import Pace, PaceState, Refusal, initial, paused, refusal, take, upstream_pause, wait_for
 from .profile import LimitPolicy, Upstream
 from .shared_limit import SharedPace
 from .shared_state import SharedStateUnavailable
@@ -66,6 +66,7 @@ class LimitStage:
         self.queue: deque[asyncio.Future] = deque()
         self.in_flight = 0
         self.slot_freed: asyncio.Future | None = None
+        self.pending: set[asyncio.Task] = set()  # tokens being given back to Redis
         self.waiting_gauge = metrics.LIMIT_WAITING.labels(upstream_name)
         self.wait_histogram = metrics.LIMIT_WAIT.labels(upstream_name)
         self.refused = metrics.LIMIT_REFUSED.labels(upstream_name)
@@ -187,7 +188,9 @@ class LimitStage:
             return
         state, wait = task.result()
         if wait == 0:
-            asyncio.get_running_loop().create_task(self.give_back(state.window_start))
+            pending = asyncio.get_running_loop().create_task(self.give_back(state.window_start))
+            self.pending.add(pending)
+            pending.add_done_callback(self.pending.discard)
 
     async def give_back(self, window_start: float) -> None:
         try:
@@ -242,6 +245,8 @@ class LimitStage:
         return report
 
     async def close(self) -> None:
+        for task in list(self.pending):
+            await task
         if self.shared is not None:
             await self.shared.close()
 

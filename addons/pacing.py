@@ -98,14 +98,6 @@ def take(pace: Pace, state: PaceState, now: float) -> tuple[PaceState, float]:
     return PaceState(tokens, state.at, state.window_start, state.used + 1, state.paused_until), 0.0
 
 
-def give_back(pace: Pace, state: PaceState, now: float, window: float) -> PaceState:
-    """Undo a `take` (made in the quota window starting at `window`) whose request never went."""
-    state = advanced(pace, state, now)
-    tokens = min(float(pace.burst), state.tokens + 1) if pace.rate is not None else state.tokens
-    used = state.used - 1 if window == state.window_start and state.used > 0 else state.used
-    return replace(state, tokens=tokens, used=used)
-
-
 def paused(state: PaceState, until: float) -> PaceState:
     """The upstream asked for a pause until `until`; a longer pause already known stays."""
     return replace(state, paused_until=max(state.paused_until, until))

@@ -5,7 +5,7 @@ import calendar
 import pytest
 from multidict import CIMultiDict
 
-from addons.pacing import Pace, give_back, initial, paused, refusal, take, upstream_pause, wait_for
+from addons.pacing import Pace, initial, paused, refusal, take, upstream_pause, wait_for
 from addons.retry import RetryBudget, retry_allowed
 
 T0 = 1_800_000_000.0  # a wall-clock time, seconds
@@ -63,17 +63,6 @@ def test_hourly_quota_resets_at_the_full_hour():
     pace = Pace(quota=1, window=3600)
     state, _ = take(pace, initial(pace, hour + 1800), hour + 1800)
     assert wait_for(pace, state, hour + 1800) == pytest.approx(1800)
-
-
-def test_giving_back_restores_token_and_quota_of_the_same_window():
-    pace = Pace(rate=1.0, burst=1, quota=2, window=60)
-    state = initial(pace, T0)
-    taken, _ = take(pace, state, T0)
-    back = give_back(pace, taken, T0, taken.window_start)
-    assert back.tokens == 1 and back.used == 0
-    # a take from a window that has ended gives nothing back to the new one
-    later, _ = take(pace, back, T0 + 120)
-    assert give_back(pace, later, T0 + 120, taken.window_start).used == 1
 
 
 def test_a_pause_holds_every_request_until_its_end():
