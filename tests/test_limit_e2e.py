@@ -45,6 +45,7 @@ NAMES = {
     "tight": "{rate: 1/m, queue: 5, max_wait: 2s}",
     "slots": "{concurrency: 1, queue: 1, max_wait: 10s}",
     "follow": "{max_wait: 10s}",
+    "quota": "{quota: 2/h, max_wait: 2s}",
     "budget": None,
 }
 
@@ -193,3 +194,16 @@ def test_status_and_metrics_show_the_limit(amb, upstreams):
     assert 'ambassador_limit_waiting{upstream="rate"} 0.0' in metrics
     count = next(line for line in metrics.splitlines() if line.startswith('ambassador_limit_wait_seconds_count{upstream="rate"}'))
     assert float(count.split()[-1]) >= 30
+
+
+def test_a_spent_quota_refuses_until_the_next_calendar_window(amb, upstreams):
+    handler, _ = upstreams["quota"]
+    assert [amb.get(f"/quota/{i}")[0] for i in range(2)] == [200, 200]
+    status, headers, body = amb.get("/quota/third")
+    assert status == 429 and json.loads(body)["reason"] == "rate_limited"
+    now = time.time()
+    next_hour = (int(now) // 3600 + 1) * 3600
+    assert abs(int(headers["Retry-After"]) - (next_hour - now)) <= 2  # the next full hour, UTC
+    assert handler.paths == ["/0", "/1"]
+    quota = amb.status()["upstreams"]["quota"]["limit"]["quota"]
+    assert quota["limit"] == 2 and quota["used"] == 2 and quota["resets_at"].endswith(":00:00.000Z")
