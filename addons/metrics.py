@@ -45,3 +45,21 @@ ASYNC_JOBS = Counter(
     "ambassador_async_jobs", "Async jobs per upstream, by event (accepted, done, failed, expired).",
     ["upstream", "event"], registry=REGISTRY,
 )
+LIMIT_WAITING = Gauge(
+    "ambassador_limit_waiting", "Requests waiting for the upstream's limit (rate, quota, concurrency, pause).",
+    ["upstream"], registry=REGISTRY,
+)
+LIMIT_WAIT = Histogram(
+    "ambassador_limit_wait_seconds", "Time requests waited for the upstream's limit before being sent.",
+    ["upstream"], registry=REGISTRY,
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+LIMIT_REFUSED = Counter(
+    "ambassador_limit_refused", "Requests refused as rate_limited because waiting could not help.",
+    ["upstream"], registry=REGISTRY,
+)
+LIMIT_PAUSED_UNTIL = Gauge(
+    "ambassador_limit_paused_until_seconds",
+    "Unix time until which the upstream asked for no requests (follow_upstream); 0 when not paused.",
+    ["upstream"], registry=REGISTRY,
+)

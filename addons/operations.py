@@ -71,6 +71,7 @@ class Exchange:
     shown_headers: Mapping[str, str] = field(default_factory=dict)  # already redacted by the auth stage
     reason: str | None = None  # set when the ambassador answered itself
     replayed: bool = False
+    waited: float | None = None  # seconds the request waited for the upstream's limit
 
     @classmethod
     def of(cls, flow: http.HTTPFlow, now: float) -> Exchange:
@@ -92,6 +93,7 @@ class Exchange:
             shown_headers=notes.get("shown_headers", {}),
             reason=notes.get("reason"),
             replayed=replayed,
+            waited=notes.get("waited"),
         )
 
     @property
@@ -122,6 +124,8 @@ class Exchange:
             parts.append(f"breaker {self.breaker}")
         if self.attempts is not None:
             parts.append(f"attempts {self.attempts}")
+        if self.waited:
+            parts.append(f"waited {self.waited:.3g}s for the limit")
         if self.auth:
             shown = ", ".join(f"{name}: {value}" for name, value in self.shown_headers.items())
             parts.append(f"auth {self.auth}" + (f" ({shown})" if shown else ""))

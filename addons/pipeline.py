@@ -2,8 +2,9 @@
 
 Outermost first: soap (JSON in and out for the client; every stage below handles the SOAP
 exchange as it goes over the wire), cache (a hit needs nothing else), retry (each attempt asks the breaker),
-breaker (refuses attempts while open), auth (every attempt carries a current credential),
-then the transport.
+breaker (refuses attempts while open, before they wait for the limit), limit (every attempt
+that goes is a request to the partner: it waits for rate, quota and concurrency like any),
+auth (every attempt carries a current credential; token fetches are not paced), then the transport.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from functools import partial
 from .auth import auth_stage
 from .breaker import breaker_stage
 from .cache import CacheStage, make_store
+from .limit import limit_stage
 from .profile import Profile, Upstream
 from .retry import RetryStage
 from .service import Stage, deadline_of
@@ -30,6 +32,8 @@ def build_stages(upstream: Upstream, profile: Profile) -> list[Stage]:
         stages.append(RetryStage(upstream.name, upstream.retry, deadline))
     if upstream.breaker:
         stages.append(breaker_stage(upstream, profile.state))
+    if upstream.limit:
+        stages.append(limit_stage(upstream, profile.state, deadline))
     if upstream.auth:
         stages.append(auth_stage(upstream, deadline))
     return stages

@@ -66,7 +66,7 @@ def _keys(allowed: str, required: str = "") -> Keys:
 # Section name (as in profiles/schema.json's $defs) -> its keys.
 SECTIONS: Mapping[str, Keys] = MappingProxyType({
     "profile": _keys("upstreams aggregates state allowed_origins allowed_hosts", "upstreams"),
-    "upstream": _keys("url match timeout tls auth cache breaker retry async soap", "url match"),
+    "upstream": _keys("url match timeout tls auth cache breaker retry async soap limit", "url match"),
     "match": _keys("path_prefix host"),
     "tls": _keys("verify ca client_cert client_key"),
     "auth_bearer": _keys("type token", "type token"),
@@ -78,13 +78,14 @@ SECTIONS: Mapping[str, Keys] = MappingProxyType({
     ),
     "cache": _keys("ttl stale_if_error max_bytes store"),
     "breaker": _keys("fail_max reset_timeout failure_statuses half_open_max"),
-    "retry": _keys("attempts backoff statuses methods try_timeout"),
+    "retry": _keys("attempts backoff statuses methods try_timeout budget"),
+    "limit": _keys("rate burst quota concurrency queue max_wait follow_upstream"),
     "async": _keys("keep"),
     "soap": _keys("namespace version wsdl action", "namespace"),
 })
 AUTH_TYPES = tuple(name.removeprefix("auth_") for name in SECTIONS if name.startswith("auth_"))
 # Sections whose keys all have defaults: a bare `cache:` (YAML null) switches the feature on.
-DEFAULTED_SECTIONS = frozenset({"tls", "cache", "breaker", "retry", "async"})
+DEFAULTED_SECTIONS = frozenset({"tls", "cache", "breaker", "retry", "async", "limit"})
 
 
 class ProfileError(Exception):
@@ -244,6 +245,19 @@ class RetryPolicy:
     statuses: frozenset[int] = frozenset({502, 503, 504})
     methods: frozenset[str] = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
     try_timeout: float | None = None  # bounds each try; unset, a try may use all the time left
+    budget: float | None = None  # retries at most this share of the requests (0.2 for 20%); unset, no bound
+
+
+@dataclass(frozen=True)
+class LimitPolicy:
+    rate: float | None = None  # requests started a second (token bucket)
+    burst: int = 1
+    quota: int | None = None  # requests per calendar window (UTC)
+    quota_window: float = 86400.0  # seconds: 60, 3600 or 86400
+    concurrency: int | None = None
+    queue: int = 100
+    max_wait: float = 10.0
+    follow_upstream: bool = True
 
 
 @dataclass(frozen=True)
@@ -274,6 +288,7 @@ class Upstream:
     retry: RetryPolicy | None = None
     async_: AsyncPolicy | None = None
     soap: SoapPolicy | None = None
+    limit: LimitPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -757,6 +772,59 @@ def _read_retry(r: _Reader, node: Any, path: str) -> RetryPolicy | None:
         statuses=r.value(t, path, "statuses", status_list, d.statuses),
         methods=r.value(t, path, "methods", method_list, d.methods),
         try_timeout=r.value(t, path, "try_timeout", positive_duration, d.try_timeout),
+        budget=r.value(t, path, "budget", percentage, d.budget),
+    )
+
+
+RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+QUOTA_UNITS = {"m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def per_window(units: Mapping[str, float]) -> Callable[[Any], tuple[int, float]]:
+    """`50/s` and the like: (count, window in seconds)."""
+    example = " or ".join(f"50/{unit}" for unit in units)
+
+    def convert(value: Any) -> tuple[int, float]:
+        count, _, unit = str(value).strip().partition("/") if isinstance(value, str) else ("", "", "")
+        if not (count.isascii() and count.isdigit() and unit in units):
+            raise InvalidValue(f"must be a count per window like {example}, got {_got(value)}")
+        if int(count) <= 0:
+            raise InvalidValue(f"must allow at least 1, got {_got(value)}")
+        return int(count), units[unit]
+
+    return convert
+
+
+def percentage(value: Any) -> float:
+    """`20%`: a share, as a fraction."""
+    number = value.removesuffix("%").strip() if isinstance(value, str) and value.endswith("%") else None
+    try:
+        share = float(number) if number else None
+    except ValueError:
+        share = None
+    if share is None or not 0 <= share <= 100:
+        raise InvalidValue(f"must be a percentage like 20%, got {_got(value)}")
+    return share / 100
+
+
+def _read_limit(r: _Reader, node: Any, path: str) -> LimitPolicy | None:
+    m = r.section(node, path, SECTIONS["limit"])
+    if m is None:
+        return None
+    d = LimitPolicy()
+    rate = r.value(m, path, "rate", per_window(RATE_UNITS))
+    quota = r.value(m, path, "quota", per_window(QUOTA_UNITS))
+    if "burst" in m and "rate" not in m:
+        r.problem(_join(path, "burst"), "needs rate: it is the bucket of the rate")
+    return LimitPolicy(
+        rate=rate[0] / rate[1] if rate else None,
+        burst=r.value(m, path, "burst", integer(1), d.burst),
+        quota=quota[0] if quota else None,
+        quota_window=quota[1] if quota else d.quota_window,
+        concurrency=r.value(m, path, "concurrency", integer(1), d.concurrency),
+        queue=r.value(m, path, "queue", integer(0), d.queue),
+        max_wait=r.value(m, path, "max_wait", duration, d.max_wait),
+        follow_upstream=r.value(m, path, "follow_upstream", boolean, d.follow_upstream),
     )
 
 
@@ -835,6 +903,7 @@ def _read_upstream(r: _Reader, name: Any, node: Any, path: str, has_state: bool)
         retry=optional("retry", _read_retry),
         async_=optional("async", _read_async),
         soap=optional("soap", _read_soap),
+        limit=optional("limit", _read_limit),
     )
     return upstream if url and match else None
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import email.utils
 import random
 import time
 from typing import Callable
@@ -19,11 +18,11 @@ from typing import Callable
 from . import metrics
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
+from .pacing import RETRY_AFTER_STATUSES, retry_after_seconds
 from .profile import RetryPolicy
 
 RETRIED_REASONS = frozenset({"timeout", "connect_error"})
-# Statuses whose Retry-After tells when to try again (RFC 9110 section 10.2.3).
-RETRY_AFTER_STATUSES = frozenset({429, 503})
+BUDGET_PERIOD = 10  # seconds over which retries are weighed against requests
 
 
 class RetryStage:
@@ -35,6 +34,7 @@ class RetryStage:
         self.policy = policy
         self.deadline_of = deadline_of
         self.retries = metrics.RETRIES.labels(upstream_name)
+        self.budget = RetryBudget(policy.budget) if policy.budget is not None else None
 
     def tries_for(self, request: UpstreamRequest) -> int:
         if request.method not in self.policy.methods:
@@ -50,6 +50,8 @@ class RetryStage:
 
     async def __call__(self, request: UpstreamRequest, call_next) -> UpstreamResponse:
         tries = self.tries_for(request)
+        if self.budget is not None:
+            self.budget.requested(time.monotonic())
         deadline = self.deadline_of(request)
         outcome: UpstreamResponse | AmbassadorError | None = None
         sent = 0
@@ -78,6 +80,9 @@ class RetryStage:
             # Only retry when the wait leaves time for another try.
             if time.monotonic() + wait >= deadline:
                 break
+            if self.budget is not None and not self.budget.spend(time.monotonic()):
+                request.notes["retry_budget"] = "spent"
+                break
             self.retries.inc()
             await asyncio.sleep(wait)
         return self.report(request, outcome, sent)
@@ -95,11 +100,40 @@ def retry_after(outcome: UpstreamResponse | AmbassadorError) -> float | None:
     """Seconds an upstream 429/503 asked to wait (delay-seconds or an HTTP-date)."""
     if isinstance(outcome, AmbassadorError) or outcome.status not in RETRY_AFTER_STATUSES:
         return None
-    value = outcome.headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    seconds = retry_after_seconds(outcome.headers.get("Retry-After", ""), time.time())
+    return None if seconds is None else max(0.0, seconds)
+
+
+class RetryBudget:
+    """Retries at most `share` of the requests of the last BUDGET_PERIOD seconds, so that a
+    failing upstream is not sent several times its usual load; one retry a second is always
+    allowed, so that a quiet upstream still gets its retries. Counted per second."""
+
+    def __init__(self, share: float):
+        self.share = share
+        self.requests = [0] * BUDGET_PERIOD  # by second, index second % BUDGET_PERIOD
+        self.retries = [0] * BUDGET_PERIOD
+        self.second = 0  # the latest second counted
+
+    def advance(self, now: float) -> int:
+        second = int(now)
+        for gone in range(max(self.second + 1, second - BUDGET_PERIOD + 1), second + 1):
+            self.requests[gone % BUDGET_PERIOD] = self.retries[gone % BUDGET_PERIOD] = 0
+        self.second = max(self.second, second)
+        return second % BUDGET_PERIOD
+
+    def requested(self, now: float) -> None:
+        self.requests[self.advance(now)] += 1
+
+    def spend(self, now: float) -> bool:
+        """Whether a retry may go now; if so it is counted."""
+        index = self.advance(now)
+        if not retry_allowed(self.share, sum(self.requests), sum(self.retries), self.retries[index]):
+            return False
+        self.retries[index] += 1
+        return True
+
+
+def retry_allowed(share: float, requests: int, retries: int, retries_this_second: int) -> bool:
+    """One more retry keeps retries within `share` of the requests, or is this second's first."""
+    return retries_this_second == 0 or retries + 1 <= share * requests

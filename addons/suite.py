@@ -252,11 +252,21 @@ class Router:
 
 
 class Forwarder:
-    """Performs the exchange with the matched upstream and hands mitmproxy the answer."""
+    """Performs the exchange with the matched upstream and hands mitmproxy the answer.
+
+    mitmproxy does not cancel a hook whose client went away, so the exchange is a task of its
+    own, cancelled when its client disconnects: a request waiting for the upstream's limit
+    leaves the queue, and one under way stops using the upstream for nobody.
+    """
 
     def __init__(self, manager: ProfileManager, flows: UpstreamFlows):
         self.manager = manager
         self.flows = flows
+        self.exchanges: dict[str, set[asyncio.Task]] = {}  # by client connection id
+
+    def client_disconnected(self, client) -> None:
+        for task in self.exchanges.pop(client.id, ()):
+            task.cancel()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -269,7 +279,13 @@ class Forwarder:
         try:
             upstream_request = to_upstream_request(flow, route)
             self.flows.watch(flow, upstream_request, self.manager.gateway.services)
-            answer = await service.handle(upstream_request)
+            answer = await self.exchange(flow, service.handle(upstream_request))
+        except asyncio.CancelledError:
+            if not flow.client_conn.timestamp_end:
+                raise  # mitmproxy itself is stopping the hook
+            if flow.killable:
+                flow.kill()  # nobody to answer, and it must not go anywhere else either
+            return
         except AmbassadorError as e:
             e.upstream = e.upstream or service.upstream.name
             flow.metadata["ambassador"]["reason"] = e.reason
@@ -278,6 +294,19 @@ class Forwarder:
             flow.response = to_mitm_response(answer, flow.request.http_version, service.upstream.name)
         if upstream_request is not None:
             record_notes(flow, upstream_request)
+
+
+    async def exchange(self, flow: http.HTTPFlow, handling) -> UpstreamResponse:
+        client = flow.client_conn.id
+        task = asyncio.get_running_loop().create_task(handling)
+        tasks = self.exchanges.setdefault(client, set())
+        tasks.add(task)
+        try:
+            return await task
+        finally:
+            tasks.discard(task)
+            if not tasks and self.exchanges.get(client) is tasks:
+                del self.exchanges[client]
 
 
 def record_notes(flow: http.HTTPFlow, request: UpstreamRequest) -> None:

@@ -71,6 +71,8 @@ class Invalid:
 
 VALID = [
     Valid("minimal", profile()),
+    Valid("limit-every-key", profile("retry: {budget: 20%}\nlimit: {rate: 50/s, burst: 5, quota: 10000/d, concurrency: 8, queue: 100, max_wait: 10s, follow_upstream: false}\n")),
+    Valid("limit-bare-follows-the-upstream", profile("limit:\n")),
     Valid("root-prefix-and-proxy-host", profile().replace("{path_prefix: /billing}", "{path_prefix: /, host: Billing.Internal:8443}")),
     Valid("durations-as-numbers", profile("timeout: 2.5\ncache: {ttl: 0, stale_if_error: 90}\n")),
     Valid("bare-sections-use-defaults", profile("tls:\ncache:\nbreaker:\nretry:\nasync:\n")),
@@ -140,6 +142,14 @@ upstreams:
 ]
 
 INVALID = [
+    # limit and the retry budget
+    Invalid("limit-rate-per-day", profile("limit: {rate: 5/d}\n"), "upstreams.billing.limit.rate", "must be a count per window like 50/s or 50/m or 50/h, got '5/d'"),
+    Invalid("limit-rate-zero", profile("limit: {rate: 0/s}\n"), "upstreams.billing.limit.rate", "must allow at least 1"),
+    Invalid("limit-quota-per-second", profile("limit: {quota: 100/s}\n"), "upstreams.billing.limit.quota", "must be a count per window like 50/m or 50/h or 50/d"),
+    Invalid("limit-burst-without-rate", profile("limit: {burst: 5}\n"), "upstreams.billing.limit.burst", "needs rate"),
+    Invalid("limit-concurrency-zero", profile("limit: {concurrency: 0}\n"), "upstreams.billing.limit.concurrency", "must be an integer >= 1"),
+    Invalid("limit-unknown-key", profile("limit: {rates: 5/s}\n"), "upstreams.billing.limit.rates", "unknown key (did you mean 'rate'?)"),
+    Invalid("retry-budget-not-a-percentage", profile("retry: {budget: 0.2}\n"), "upstreams.billing.retry.budget", "must be a percentage like 20%"),
     # the document and its top level
     Invalid("empty-file", "", "upstreams", "is required (the profile is empty)"),
     Invalid("not-a-mapping", "- billing\n", "", "must be a mapping, got list"),

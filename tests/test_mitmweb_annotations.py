@@ -68,3 +68,8 @@ def test_replayed_flow_takes_its_upstream_from_the_recorded_answer():
     assert exchange.comment() == "upstream partner · replayed from recording"
     assert exchange.marker() == REPLAY_MARKER
     assert exchange.log_line() == "partner GET /billing/x 200 cache=- attempts=- replayed 3ms"
+
+
+def test_a_request_that_waited_for_the_limit_says_how_long():
+    exchange = Exchange.of(answered(upstream="billing", attempts=1, waited=1.234), now=101.5)
+    assert exchange.comment() == "upstream billing · attempts 1 · waited 1.23s for the limit"

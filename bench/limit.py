@@ -1,0 +1,176 @@
+"""Pacing benchmark: how exactly `limit` paces, alone and shared, and what it costs.
+
+    .venv/bin/python bench/limit.py [--requests 200] [--rounds 3] [--duration 3]
+
+1. Precision. REQUESTS concurrent requests through a real ambassador with
+   `limit: {rate: 50/s, burst: 5}` to an upstream that notes when each arrives. Reported: the
+   most arrivals in any one-second window (must be at most 55: rate plus burst) and when the
+   last request finished, against the ideal (REQUESTS - burst) / rate (3.9 s for 200; must be
+   within 10%).
+2. The same with two ambassadors sharing a real redis-server (`state: redis://...`), the
+   requests split between them.
+3. Cost. Healthy traffic through two ambassadors in front of the same upstream, whose
+   profiles differ only by a `limit` that never binds, alternating round after round:
+   requests/s of each and their ratio (must be at least 0.95). On a shared machine that
+   ratio is noisy, so the stage's own cost is also measured in-process: microseconds per
+   request that a `limit` which never binds adds around an upstream that answers at once.
+
+Exit status 0 when every "must" held, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+from multidict import CIMultiDict
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
+from harness import Ambassador, FakeUpstream, Reply  # noqa: E402  (tests/ is not a package)
+from loadgen import drive  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
+
+from addons.exchange import UpstreamRequest, UpstreamResponse  # noqa: E402
+from addons.limit import LimitStage  # noqa: E402
+from addons.profile import LimitPolicy  # noqa: E402
+
+RATE, BURST = 50, 5
+
+
+class Arrivals:
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, req) -> Reply:
+        with self.lock:
+            self.times.append(time.monotonic())
+        return Reply(200, body=b"ok")
+
+
+def profile(url: str, limit: str | None, state: str | None = None) -> str:
+    text = f"state: {state}\n" if state else ""
+    text += f"upstreams:\n  paced:\n    url: {url}\n    match: {{path_prefix: /paced}}\n    timeout: 30s\n"
+    return text + (f"    limit: {limit}\n" if limit else "")
+
+
+def most_in_one_second(times: list[float]) -> int:
+    ordered = sorted(times)
+    most, first = 0, 0
+    for last, t in enumerate(ordered):
+        while ordered[first] <= t - 1:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+async def burst_of(ports: list[int], count: int) -> tuple[float, list[int]]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        started = time.monotonic()
+
+        async def one(i: int) -> int:
+            async with session.get(f"http://127.0.0.1:{ports[i % len(ports)]}/paced/{i}") as answer:
+                await answer.read()
+                return answer.status
+
+        statuses = await asyncio.gather(*(one(i) for i in range(count)))
+        return time.monotonic() - started, statuses
+
+
+def precision(folder: Path, requests: int, shared: bool) -> dict:
+    arrivals = Arrivals()
+    limit = f"{{rate: {RATE}/s, burst: {BURST}, queue: {requests}, max_wait: 20s}}"
+    with FakeUpstream(arrivals) as upstream:
+        if shared:
+            with RedisServer(folder) as redis:
+                text = profile(upstream.url, limit, redis.url)
+                (folder / "a").mkdir()
+                (folder / "b").mkdir()
+                with Ambassador(folder / "a", text) as a, Ambassador(folder / "b", text) as b:
+                    elapsed, statuses = asyncio.run(burst_of([a.port, b.port], requests))
+        else:
+            with Ambassador(folder, profile(upstream.url, limit)) as a:
+                elapsed, statuses = asyncio.run(burst_of([a.port], requests))
+    ideal = (requests - BURST) / RATE
+    most = most_in_one_second(arrivals.times)
+    return {
+        "instances": 2 if shared else 1,
+        "answered_200": statuses.count(200),
+        "most_in_one_second": most,
+        "last_finished_s": round(elapsed, 3),
+        "ideal_s": ideal,
+        "off_by": f"{(elapsed - ideal) / ideal:+.1%}",
+        "ok": most <= RATE + BURST and abs(elapsed - ideal) <= 0.1 * ideal and statuses.count(200) == requests,
+    }
+
+
+def cost(folder: Path, rounds: int, duration: float) -> dict:
+    results: dict[str, list[float]] = {"without": [], "with": []}
+    with FakeUpstream(lambda req: Reply(200, body=b"ok")) as upstream:
+        (folder / "plain").mkdir()
+        (folder / "limited").mkdir()
+        never_binds = "{rate: 1000000/s, burst: 1000000, concurrency: 100000}"
+        with Ambassador(folder / "plain", profile(upstream.url, None), "--set", "flow_detail=0") as plain, \
+                Ambassador(folder / "limited", profile(upstream.url, never_binds), "--set", "flow_detail=0") as limited:
+            for _ in range(rounds):
+                for name, amb in (("without", plain), ("with", limited)):
+                    run = asyncio.run(drive(f"http://127.0.0.1:{amb.port}/paced/x", 16, duration, {}, 10))
+                    results[name].append(run["requests"] / run["duration_s"])
+    best = {name: max(values) for name, values in results.items()}
+    ratio = best["with"] / best["without"]
+    return {
+        "requests_per_s": {name: [round(v) for v in values] for name, values in results.items()},
+        "stage_us_per_request": asyncio.run(stage_microseconds()),
+        "best_ratio": round(ratio, 3),
+        "ok": ratio >= 0.95,
+    }
+
+
+async def stage_microseconds(count: int = 50000) -> float:
+    """What LimitStage adds per request when it never binds, in microseconds."""
+    answer = UpstreamResponse(200, "OK", CIMultiDict())
+
+    async def upstream(request: UpstreamRequest) -> UpstreamResponse:
+        return answer
+
+    stage = LimitStage("bench", LimitPolicy(rate=1e9, burst=10**9, concurrency=10**6), lambda request: float("inf"))
+    request = UpstreamRequest("GET", "/x", CIMultiDict())
+    timings = {}
+    for name, call in (("bare", upstream), ("limit", lambda r: stage(r, upstream))):
+        started = time.perf_counter()
+        for _ in range(count):
+            await call(request)
+        timings[name] = (time.perf_counter() - started) / count * 1e6
+    return round(timings["limit"] - timings["bare"], 2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=3.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "one").mkdir()
+        (folder / "two").mkdir()
+        (folder / "cost").mkdir()
+        report = {
+            "precision": precision(folder / "one", args.requests, shared=False),
+            "precision_shared": precision(folder / "two", args.requests, shared=True),
+            "cost": cost(folder / "cost", args.rounds, args.duration),
+        }
+    print(json.dumps(report, indent=2))
+    return 0 if all(part["ok"] for part in report.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
