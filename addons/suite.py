@@ -32,7 +32,8 @@ from .defaults import SidecarDefaults, refuse_start
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse, client_request
 from .gateway import Gateway
-from .operations import AdminCommands, ConnectionLog, ExchangeObserver, MetricsEndpoint
+from .metrics import count_refusal
+from .operations import METRICS_PATH, AdminCommands, ConnectionLog, ExchangeObserver, metrics_response
 from .replay import Replay
 from .upstream_flows import UpstreamFlows
 from .profile import ADMIN_PREFIX, PROFILES_DIR, Profile, ProfileError, load_profile, resolve_profile_name
@@ -166,6 +167,8 @@ def json_response(status: int, payload, headers: dict[str, str] | None = None) -
 
 
 def error_response(error: AmbassadorError) -> http.Response:
+    if not error.counted:  # refused before any upstream service handled it
+        count_refusal(error.upstream, error.reason)
     response = http.Response.make(error.status, error.body(), {"Content-Type": "application/json", **error.headers})
     if error.upstream:
         response.headers["X-Ambassador-Upstream"] = error.upstream
@@ -179,24 +182,34 @@ def addressed_to_ambassador(flow: http.HTTPFlow, allowed_hosts: frozenset[str]) 
 
 
 class AdminEndpoints:
-    """`/_ambassador/...` belongs to the ambassador on every listener."""
+    """`/_ambassador/...` belongs to the ambassador on every listener: the read-only endpoints
+    answered from one table (path -> answer), anything else under the prefix is a 404. Batch
+    and jobs, which talk to upstreams, are addons of their own before this one (compose.py).
+
+    Health is answered only once a profile is loaded: before that every request, this one
+    included, gets `503 not_ready` at its header block (AmbassadorAddons.requestheaders)."""
 
     admin_only = True  # acts on `/_ambassador/...` requests only (see AmbassadorAddons)
 
     def __init__(self, manager: ProfileManager):
         self.manager = manager
+        self.endpoints = {  # all answer GET (and HEAD)
+            f"{ADMIN_PREFIX}/status": lambda flow: json_response(200, self.manager.gateway.status()),
+            f"{ADMIN_PREFIX}/health": lambda flow: json_response(200, {"status": "ok", "profile": str(self.manager.gateway.profile.path)}),
+            METRICS_PATH: metrics_response,
+        }
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or not is_admin_path(flow.request.path):
             return
         path = flow.request.path.split("?", 1)[0]
-        gateway = self.manager.gateway
-        if path == f"{ADMIN_PREFIX}/status" and flow.request.method in ("GET", "HEAD"):
-            flow.response = json_response(200, gateway.status())
-        elif path == f"{ADMIN_PREFIX}/status":
+        answer = self.endpoints.get(path)
+        if answer is None:
+            flow.response = error_response(AmbassadorError("no_route", f"no admin endpoint {path}"))
+        elif flow.request.method not in ("GET", "HEAD"):
             flow.response = error_response(AmbassadorError("bad_request", f"{path} answers GET only"))
         else:
-            flow.response = error_response(AmbassadorError("no_route", f"no admin endpoint {path}"))
+            flow.response = answer(flow)
 
 
 # The route and service a flow was matched to; kept off flow.metadata because metadata is
@@ -452,7 +465,6 @@ def make_addons() -> list:
         Replay(manager),
         flows,
         ClientGate(manager),
-        MetricsEndpoint(),
         Aggregates(manager, flows),
         Batch(manager, flows),
         JobEndpoint(jobs),
