@@ -400,7 +400,7 @@ class AmbassadorAddons:
     docs/benchmarks.md).
 
     When a child raises, the later children miss that event; the guard and the observer
-    (`last`) still act on it, so that no flow goes unanswered or uncounted. Children marked
+    (`last`) still act on it, so that no flow goes unanswered or unlogged. Children marked
     `admin_only` see only requests for `/_ambassador/...`: most requests are not, and one path
     check spares them each a call.
     """
