@@ -1,10 +1,11 @@
 """Operating the ambassador: what it did, for people and for Prometheus.
 
 - `metrics_response` answers `GET /_ambassador/metrics` from `metrics.REGISTRY`.
-- `ExchangeObserver` sees every answered flow once: it writes one log line per exchange (at info level, so `-q` silences it) and annotates the flow for mitmweb
-  (`flow.comment`, and `flow.marked` when something unusual happened). The requests are
-  counted by the upstream services (service.py), which see every door. `ConnectionLog` keeps
-  mitmproxy's connection chatter out of that log unless asked for (-v).
+- `ExchangeObserver` sees every answered flow once: it writes one log line per exchange (at
+  info level, so `-q` silences it) and annotates the flow for mitmweb (`flow.comment`, and
+  `flow.marked` when something unusual happened). The metrics count requests where every door
+  leads, in the upstream services (service.py). `ConnectionLog` keeps mitmproxy's connection
+  chatter out of that log unless asked for (-v).
 - `AdminCommands` are the mitmproxy commands that force breakers and clear caches.
 
 The observer runs in the `request` hook after the Forwarder, not in `response`: the Save addon
