@@ -9,7 +9,6 @@ import mitmproxy.version
 import pytest
 
 from harness import Ambassador, FakeUpstream, Received, Reply, echo
-from oauth_fakes import IdentityProvider
 from test_metrics_e2e import scrape, value, wait_until
 
 
