@@ -135,6 +135,14 @@ class Breaker(pybreaker.CircuitBreakerListener):
             self.on_change(new_state.name)
 
 
+def shown_state(state: str, seconds_until_half_open: float) -> str:
+    """The state as status and metrics show it: an open breaker is half-open once its
+    reset_timeout has passed, whether or not a request has come since to make it move."""
+    if state == OPEN and seconds_until_half_open <= 0:
+        return HALF_OPEN
+    return state
+
+
 def clients_own_timeout(client_timeout: float | None, upstream_timeout: float, try_bound: float, elapsed: float) -> bool:
     """Whether a try that timed out after `elapsed` seconds was cut short by the client: it
     asked for less time (X-Ambassador-Timeout) than the upstream's `timeout`, and the try
@@ -169,7 +177,8 @@ class BreakerStage:
         self.shared_down_until: float | None = None  # set while falling back to the local breaker
         self.known_state = CLOSED
         self.pending: set[asyncio.Task] = set()
-        metrics.BREAKER_STATE.labels(upstream_name).set(GAUGE_VALUE[CLOSED])
+        # Read at each scrape, so that the gauge turns half-open when status does.
+        metrics.BREAKER_STATE.labels(upstream_name).set_function(lambda: GAUGE_VALUE[self.state()])
 
     def observe(self, state: str) -> None:
         """Called with the state after every decision; logs and counts each change once."""
@@ -177,7 +186,6 @@ class BreakerStage:
             return
         log.warning("upstream %s: circuit breaker %s -> %s", self.upstream_name, self.known_state, state)
         self.known_state = state
-        metrics.BREAKER_STATE.labels(self.upstream_name).set(GAUGE_VALUE[state])
         metrics.BREAKER_TRANSITIONS.labels(self.upstream_name, state).inc()
 
     async def __call__(self, request: UpstreamRequest, call_next) -> UpstreamResponse:
@@ -284,7 +292,9 @@ class BreakerStage:
         self.observe(self.shared.state)
 
     def state(self) -> str:
-        return self.shared.state if self.using_shared() else self.local.state
+        if self.using_shared():
+            return shown_state(self.shared.state, self.shared.seconds_until_half_open())
+        return shown_state(self.local.state, self.local.seconds_until_half_open())
 
     def status(self) -> str:
         """For /_ambassador/status: an idle instance also asks Redis, for the next look."""

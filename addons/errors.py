@@ -28,6 +28,10 @@ STATUS_BY_REASON = {
 class AmbassadorError(Exception):
     """A request the ambassador answers itself, with `{"error", "reason", "upstream"}` JSON."""
 
+    # Set once the refusal is in the metrics (by the upstream service that raised it), so that
+    # rendering it for the client does not count it again.
+    counted = False
+
     def __init__(
         self,
         reason: str,

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from . import metrics
 from .pipeline import build_stages
-from .profile import Profile
+from .profile import Profile, Upstream
 from .replay import Recording
 from .routing import RouteTable
 from .service import UpstreamService, UpstreamStats
+
+
+def keeps_service(old: Upstream, new: Upstream) -> bool:
+    """Whether a reload may keep an upstream's service, with its connections, breaker state,
+    cache and tokens: its section is unchanged, or only its `match` changed, which decides
+    which requests reach it and nothing of how it treats them. Any other change rebuilds the
+    service: its stages are built from the whole section (a timeout bounds retries and token
+    fetches, the url keys the cache), and keeping one stage of a changed section could act on
+    a setting that is no longer in the profile."""
+    return old == new or dataclasses.replace(old, match=new.match) == new
 
 
 class Gateway:
@@ -20,8 +33,8 @@ class Gateway:
         kept = previous.services if previous and previous.profile.state == profile.state else {}
         for name, upstream in profile.upstreams.items():
             old = kept.get(name)
-            if old is not None and old.upstream == upstream:
-                # Unchanged upstream: keep its connections and state across the swap.
+            if old is not None and keeps_service(old.upstream, upstream):
+                old.upstream = upstream  # the same but for `match`, which the service does not read
                 self.services[name] = old
                 continue
             self.services[name] = UpstreamService(
@@ -41,9 +54,12 @@ class Gateway:
             service.transport.max_body = limit
 
     def retire_replaced(self, previous: Gateway) -> None:
-        for service in previous.services.values():
-            if self.services.get(service.upstream.name) is not service:
+        for name, service in previous.services.items():
+            if self.services.get(name) is not service:
                 service.retire()
+            if name not in self.services:  # removed from the profile: it leaves the metrics and status
+                metrics.forget_upstream(name)
+                self.stats.pop(name, None)
 
     def status(self) -> dict:
         return {

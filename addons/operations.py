@@ -1,10 +1,11 @@
 """Operating the ambassador: what it did, for people and for Prometheus.
 
-- `MetricsEndpoint` answers `GET /_ambassador/metrics` from `metrics.REGISTRY`.
-- `ExchangeObserver` sees every answered flow once: it counts it in the metrics, writes one log
-  line per exchange (at info level, so `-q` silences it) and annotates the flow for mitmweb
-  (`flow.comment`, and `flow.marked` when something unusual happened). `ConnectionLog` keeps
-  mitmproxy's connection chatter out of that log unless asked for (-v).
+- `metrics_response` answers `GET /_ambassador/metrics` from `metrics.REGISTRY`.
+- `ExchangeObserver` sees every answered flow once: it writes one log line per exchange (at
+  info level, so `-q` silences it) and annotates the flow for mitmweb (`flow.comment`, and
+  `flow.marked` when something unusual happened). The metrics count requests where every door
+  leads, in the upstream services (service.py). `ConnectionLog` keeps mitmproxy's connection
+  chatter out of that log unless asked for (-v).
 - `AdminCommands` are the mitmproxy commands that force breakers and clear caches.
 
 The observer runs in the `request` hook after the Forwarder, not in `response`: the Save addon
@@ -15,7 +16,6 @@ carry the annotations too.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Mapping
@@ -25,7 +25,6 @@ from mitmproxy import command, ctx, exceptions, http
 from prometheus_client.exposition import choose_encoder
 
 from . import metrics
-from .errors import AmbassadorError
 from .profile import ADMIN_PREFIX
 from .routing import is_admin_path
 
@@ -37,22 +36,10 @@ DEGRADED_MARKER = ":warning:"  # answered, but not plainly: stale copy, retries,
 REPLAY_MARKER = ":repeat:"  # answered from a recording (./run.sh replay)
 
 
-class MetricsEndpoint:
+def metrics_response(flow: http.HTTPFlow) -> http.Response:
     """`GET /_ambassador/metrics`: Prometheus text format (OpenMetrics when the scraper asks)."""
-
-    admin_only = True  # acts on `/_ambassador/...` requests only (see AmbassadorAddons)
-
-    def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not flow.live:
-            return
-        if flow.request.path.split("?", 1)[0] != METRICS_PATH:
-            return
-        if flow.request.method not in ("GET", "HEAD"):
-            error = AmbassadorError("bad_request", f"{METRICS_PATH} answers GET only")
-            flow.response = http.Response.make(error.status, error.body(), {"Content-Type": "application/json"})
-            return
-        encode, content_type = choose_encoder(flow.request.headers.get("Accept", ""))
-        flow.response = http.Response.make(200, encode(metrics.REGISTRY), {"Content-Type": content_type})
+    encode, content_type = choose_encoder(flow.request.headers.get("Accept", ""))
+    return http.Response.make(200, encode(metrics.REGISTRY), {"Content-Type": content_type})
 
 
 @dataclass(slots=True)  # one per flow: slots build faster than a frozen dataclass
@@ -96,10 +83,6 @@ class Exchange:
             waited=notes.get("waited"),
         )
 
-    @property
-    def status_class(self) -> str:
-        return f"{self.status // 100}xx"
-
     def log_line(self) -> str:
         parts = [self.upstream or "-", self.method, self.path, str(self.status)]
         parts.append(f"cache={self.cache or '-'}")
@@ -142,13 +125,10 @@ class Exchange:
 
 
 class ExchangeObserver:
-    """Counts, logs and annotates every answered flow except the admin endpoints' own."""
+    """Logs and annotates every answered flow except the admin endpoints' own."""
 
     def __init__(self) -> None:
         self.log_exchanges = True
-        # The metrics' children per label values: `labels()` takes a lock and hashes each time.
-        self.counted = functools.lru_cache(maxsize=1024)(metrics.REQUESTS.labels)
-        self.timed = functools.lru_cache(maxsize=256)(metrics.LATENCY.labels)
 
     def configure(self, updated) -> None:
         if "termlog_verbosity" in updated:
@@ -159,9 +139,6 @@ class ExchangeObserver:
         if not flow.live or not flow.response or is_admin_path(flow.request.path):
             return  # not live: a flow loaded from a file (`--rfile`) is no exchange of ours
         exchange = Exchange.of(flow, time.time())
-        if exchange.upstream:
-            self.counted(exchange.upstream, exchange.status_class).inc()
-            self.timed(exchange.upstream).observe(exchange.seconds)
         if self.log_exchanges:
             log.info(exchange.log_line())
         flow.comment = exchange.comment()

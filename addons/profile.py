@@ -311,6 +311,8 @@ class Profile:
     state: str | None = None
     allowed_origins: frozenset[str] = frozenset()  # normal_origin() forms
     allowed_hosts: frozenset[str] = frozenset()  # lower-case names
+    # The files `${file:...}` read: watched like the profile file, so a rotated secret is reloaded.
+    files_read: frozenset[Path] = field(default=frozenset(), compare=False)
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -332,6 +334,7 @@ class _Reader:
     def __init__(self, folder: Path):
         self.folder = folder
         self.problems: list[tuple[str, str]] = []
+        self.files_read: set[Path] = set()
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append((path, message))
@@ -370,6 +373,7 @@ class _Reader:
         expr = m.group(1)
         if expr.startswith("file:"):
             file = self.path(expr.removeprefix("file:"))
+            self.files_read.add(file)
             try:
                 return file.read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as e:
@@ -1018,6 +1022,7 @@ def parse_profile(document: Any, path: Path) -> Profile:
         state=state,
         allowed_origins=allowed_origins,
         allowed_hosts=allowed_hosts,
+        files_read=frozenset(r.files_read),
     )
 
 

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
+from . import metrics
 from .errors import AmbassadorError
 from .exchange import UpstreamExchange, UpstreamRequest, UpstreamResponse
 from .profile import Upstream
@@ -75,6 +76,7 @@ class UpstreamService:
         self.stats = stats
         self.transport = Transport(upstream)
         self.stages = list(stages)
+        self.meter = metrics.UpstreamMeter(upstream.name)
         self.inflight = 0
         self.retired = False
         self.replay: Recording | None = None  # replaying a recording: the upstream is never contacted
@@ -132,16 +134,26 @@ class UpstreamService:
             raise self.timeout_error(request) from None
 
     async def handle(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Every door (a client's request, an aggregate part, a batch item, an async job) comes
+        through here: this is where requests are counted, once each."""
+        meter = self.meter
+        meter.in_flight.inc()
         self.inflight += 1
+        started = time.monotonic()
         try:
             response = await self._run(self.chain, 0, request)
         except AmbassadorError as e:
             self.stats.errors[e.reason] += 1
+            meter.answered(e.status, time.monotonic() - started)
+            metrics.count_refusal(self.upstream.name, e.reason)
+            e.counted = True
             raise
         finally:
+            meter.in_flight.dec()
             self.inflight -= 1
             if self.retired and self.inflight == 0:
                 self._close_soon()
+        meter.answered(response.status, time.monotonic() - started)
         self.stats.responses[response.status] += 1
         return response
 

@@ -32,7 +32,8 @@ from .defaults import SidecarDefaults, refuse_start
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse, client_request
 from .gateway import Gateway
-from .operations import AdminCommands, ConnectionLog, ExchangeObserver, MetricsEndpoint
+from . import metrics
+from .operations import METRICS_PATH, AdminCommands, ConnectionLog, ExchangeObserver, metrics_response
 from .replay import Replay
 from .flow_list import AdminFlowsHidden
 from .upstream_flows import UpstreamFlows
@@ -54,13 +55,20 @@ def _signature(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
+def files_signature(profile_signature: tuple[int, int] | None, profile: Profile) -> tuple:
+    """What the watcher compares: the profile file's signature (taken before it was read), then
+    those of the files its `${file:...}` read, so that a rotated secret reloads the profile."""
+    return (profile_signature, *(_signature(file) for file in sorted(profile.files_read)))
+
+
 class ProfileManager:
     """Holds the running gateway; loads, swaps and watches the profile."""
 
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
-        self.loaded_signature: tuple[int, int] | None = None
-        self.refused_signature: tuple[int, int] | None = None
+        self.loaded_signature: tuple | None = None  # files_signature() of the running profile
+        self.refused_signature: tuple | None = None
+        self.reported_missing = False  # the profile file is gone (logged once)
         self.watcher: asyncio.Task | None = None
         self.refused_at_startup = False
 
@@ -78,7 +86,7 @@ class ProfileManager:
         if "ambassador_profile" not in updated or self.refused_at_startup:
             return  # after a refusal at start-up, mitmproxy rolls the option back while exiting
         path = resolve_profile_name(ctx.options.ambassador_profile, PROFILES_DIR).resolve()
-        if self.gateway and path == self.gateway.profile.path and _signature(path) == self.loaded_signature:
+        if self.gateway and path == self.gateway.profile.path and self.current_signature() == self.loaded_signature:
             return  # unchanged, e.g. the option being rolled back after a refused swap
         if self.gateway and self.watcher is not None and not path.is_file():
             # Most likely a name still being typed in mitmweb's options editor: refused, but
@@ -91,15 +99,24 @@ class ProfileManager:
                 self.refused_at_startup = True
                 refuse_start(str(e))
                 return
-            log.warning("profile refused, keeping the running one:\n%s", e)
+            self.refused(e)
             raise exceptions.OptionsError(f"profile refused, keeping the running one:\n{e}") from None
 
     def swap(self, path: Path) -> None:
         """Load `path` and make it the running profile; raises ProfileError and keeps the old one."""
         signature = _signature(path)
-        self.install(load_profile(path), signature)
+        profile = load_profile(path)
+        self.install(profile, files_signature(signature, profile))
 
-    def install(self, profile: Profile, signature: tuple[int, int] | None) -> None:
+    def current_signature(self) -> tuple:
+        profile = self.gateway.profile
+        return files_signature(_signature(profile.path), profile)
+
+    def refused(self, error: ProfileError) -> None:
+        metrics.PROFILE_RELOADS.labels("refused").inc()
+        log.warning("profile refused, keeping the running one:\n%s", error)
+
+    def install(self, profile: Profile, signature: tuple) -> None:
         previous = self.gateway
         path = profile.path
         gateway = Gateway(profile, previous)
@@ -109,6 +126,7 @@ class ProfileManager:
         self.refused_signature = None
         if previous:
             gateway.retire_replaced(previous)
+            metrics.PROFILE_RELOADS.labels("loaded").inc()
             log.warning("profile %s loaded", path)
         else:
             log.info("profile %s loaded", path)
@@ -121,23 +139,29 @@ class ProfileManager:
             self.watcher.cancel()
 
     async def watch(self) -> None:
-        """Pick up edits of the loaded profile file by itself."""
+        """Pick up edits of the loaded profile file, and of the files it reads, by themselves."""
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             if not self.gateway:
                 continue
-            signature = _signature(self.gateway.profile.path)
-            if signature in (self.loaded_signature, self.refused_signature) or signature is None:
-                continue
             path = self.gateway.profile.path
+            signature = self.current_signature()
+            if signature[0] is None:
+                if not self.reported_missing:
+                    self.reported_missing = True
+                    log.warning("profile %s is gone; keeping the loaded one", path)
+                continue
+            self.reported_missing = False
+            if signature in (self.loaded_signature, self.refused_signature):
+                continue
             try:
                 # Reading and validating off the loop: requests go on meanwhile.
                 profile = await asyncio.to_thread(load_profile, path)
                 if path == self.gateway.profile.path:  # not swapped for another one meanwhile
-                    self.install(profile, signature)
+                    self.install(profile, files_signature(signature[0], profile))
             except ProfileError as e:
                 self.refused_signature = signature
-                log.warning("profile refused, keeping the running one:\n%s", e)
+                self.refused(e)
 
     @command.command("ambassador.reload")
     def reload(self) -> None:
@@ -146,7 +170,7 @@ class ProfileManager:
         try:
             self.swap(self.gateway.profile.path)
         except ProfileError as e:
-            log.warning("profile refused, keeping the running one:\n%s", e)
+            self.refused(e)
             raise exceptions.CommandError(str(e)) from None
 
     @command.command("ambassador.profile")
@@ -171,6 +195,8 @@ def json_response(status: int, payload, headers: dict[str, str] | None = None) -
 
 
 def error_response(error: AmbassadorError) -> http.Response:
+    if not error.counted:  # refused before any upstream service handled it
+        metrics.count_refusal(error.upstream, error.reason)
     response = http.Response.make(error.status, error.body(), {"Content-Type": "application/json", **error.headers})
     if error.upstream:
         response.headers["X-Ambassador-Upstream"] = error.upstream
@@ -184,24 +210,34 @@ def addressed_to_ambassador(flow: http.HTTPFlow, allowed_hosts: frozenset[str]) 
 
 
 class AdminEndpoints:
-    """`/_ambassador/...` belongs to the ambassador on every listener."""
+    """`/_ambassador/...` belongs to the ambassador on every listener: the read-only endpoints
+    answered from one table (path -> answer), anything else under the prefix is a 404. Batch
+    and jobs, which talk to upstreams, are addons of their own before this one (compose.py).
+
+    Health is answered only once a profile is loaded: before that every request, this one
+    included, gets `503 not_ready` at its header block (AmbassadorAddons.requestheaders)."""
 
     admin_only = True  # acts on `/_ambassador/...` requests only (see AmbassadorAddons)
 
     def __init__(self, manager: ProfileManager):
         self.manager = manager
+        self.endpoints = {  # all answer GET (and HEAD)
+            f"{ADMIN_PREFIX}/status": lambda flow: json_response(200, self.manager.gateway.status()),
+            f"{ADMIN_PREFIX}/health": lambda flow: json_response(200, {"status": "ok", "profile": str(self.manager.gateway.profile.path)}),
+            METRICS_PATH: metrics_response,
+        }
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live or not is_admin_path(flow.request.path):
             return
         path = flow.request.path.split("?", 1)[0]
-        gateway = self.manager.gateway
-        if path == f"{ADMIN_PREFIX}/status" and flow.request.method in ("GET", "HEAD"):
-            flow.response = json_response(200, gateway.status())
-        elif path == f"{ADMIN_PREFIX}/status":
+        answer = self.endpoints.get(path)
+        if answer is None:
+            flow.response = error_response(AmbassadorError("no_route", f"no admin endpoint {path}"))
+        elif flow.request.method not in ("GET", "HEAD"):
             flow.response = error_response(AmbassadorError("bad_request", f"{path} answers GET only"))
         else:
-            flow.response = error_response(AmbassadorError("no_route", f"no admin endpoint {path}"))
+            flow.response = answer(flow)
 
 
 # The route and service a flow was matched to; kept off flow.metadata because metadata is
@@ -394,7 +430,7 @@ class AmbassadorAddons:
     docs/benchmarks.md).
 
     When a child raises, the later children miss that event; the guard and the observer
-    (`last`) still act on it, so that no flow goes unanswered or uncounted. Children marked
+    (`last`) still act on it, so that no flow goes unanswered or unlogged. Children marked
     `admin_only` see only requests for `/_ambassador/...`: most requests are not, and one path
     check spares them each a call.
     """
@@ -483,7 +519,6 @@ def make_addons() -> list:
         flows,
         AdminFlowsHidden(),
         ClientGate(manager),
-        MetricsEndpoint(),
         Aggregates(manager, flows),
         Batch(manager, flows),
         JobEndpoint(jobs),

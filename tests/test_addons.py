@@ -112,3 +112,47 @@ def test_unchecked_response_is_the_checked_constructors_response():
         assert vars(fast).keys() == vars(checked).keys()
         assert fast.headers.get_all("set-cookie") == ["a=1", "b=2"] and fast.headers["X-Ambassador-Upstream"] == "api"
         assert (fast.status_code, fast.reason, fast.content, fast.http_version) == (201, "Créé", b"\x00body", version)
+
+
+def test_health_endpoint_once_a_profile_is_loaded(tmp_path):
+    from addons.suite import AmbassadorAddons, make_addons
+
+    container = AmbassadorAddons(make_addons())
+    with taddons.context(ServerPlayback(), container) as tctx:
+        early = tflow.tflow()
+        early.request.path = "/_ambassador/health"
+        container.requestheaders(early)  # no profile yet: the listener may open before it loads
+        assert early.response.status_code == 503
+        assert json.loads(early.response.content)["reason"] == "not_ready"
+
+        tctx.configure(container, ambassador_profile=str(profile(tmp_path)))
+        admin = next(child for child in container.children if isinstance(child, AdminEndpoints))
+        ready = tflow.tflow()
+        ready.request.path = "/_ambassador/health?probe=1"
+        admin.request(ready)
+        assert ready.response.status_code == 200
+        assert json.loads(ready.response.content) == {"status": "ok", "profile": str(tmp_path / "p.yaml")}
+
+        posted = tflow.tflow()
+        posted.request.method, posted.request.path = "POST", "/_ambassador/health"
+        admin.request(posted)
+        assert posted.response.status_code == 400
+
+
+def test_files_read_by_the_profile_are_part_of_its_signature(tmp_path):
+    from addons.profile import load_profile
+    from addons.suite import files_signature
+
+    (tmp_path / "key").write_text("one\n")
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "upstreams:\n  app:\n    url: http://127.0.0.1:9\n    match: {path_prefix: /app}\n"
+        "    auth: {type: header, name: X-Key, value: '${file:key}'}\n"
+    )
+    loaded = load_profile(path)
+    assert loaded.files_read == {tmp_path / "key"}
+    before = files_signature((1, 1), loaded)
+    (tmp_path / "key").write_text("rotated, and longer\n")
+    assert files_signature((1, 1), loaded) != before
+    (tmp_path / "key").unlink()
+    assert files_signature((1, 1), loaded) == ((1, 1), None)

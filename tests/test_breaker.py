@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict
 
 from addons import metrics
-from addons.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerStage, clients_own_timeout
+from addons.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerStage, clients_own_timeout, shown_state
 from addons.errors import AmbassadorError
 from addons.exchange import UpstreamRequest, UpstreamResponse
 from addons.profile import BreakerPolicy
@@ -207,9 +207,28 @@ def test_stage_counts_failure_statuses_timeouts_and_connect_errors_and_refuses_w
     assert 29 <= int(error.headers["Retry-After"]) <= 30
     assert contacts == []
     assert req.notes["breaker"] == OPEN
-    assert metrics.BREAKER_STATE.labels("stage-up")._value.get() == 2
+    assert metrics.REGISTRY.get_sample_value("ambassador_breaker_state", {"upstream": "stage-up"}) == 2
     assert transitions._value.get() == before + 1
     assert [r.getMessage() for r in caplog.records] == ["upstream stage-up: circuit breaker closed -> open"]
+
+
+def test_open_is_shown_half_open_once_the_window_has_passed():
+    assert shown_state(OPEN, 0.5) == OPEN
+    assert shown_state(OPEN, 0.0) == HALF_OPEN
+    assert shown_state(OPEN, -3.0) == HALF_OPEN
+    assert shown_state(CLOSED, -3.0) == CLOSED
+    assert shown_state(HALF_OPEN, 12.0) == HALF_OPEN
+
+
+def test_stage_status_and_gauge_turn_half_open_without_a_request():
+    stage = BreakerStage("idle-up", POLICY)
+    for _ in range(POLICY.fail_max):
+        stage.local.record(stage.local.admit(), failed=True)
+    gauge = lambda: metrics.REGISTRY.get_sample_value("ambassador_breaker_state", {"upstream": "idle-up"})  # noqa: E731
+    assert stage.status() == OPEN and gauge() == 2
+    elapse_reset_timeout(stage.local)
+    assert stage.status() == HALF_OPEN and gauge() == 1
+    assert stage.local.admit().trial  # the trial the status announced is there to take
 
 
 def test_stage_ignores_answers_that_say_nothing_about_the_upstream():

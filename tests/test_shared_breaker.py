@@ -302,3 +302,26 @@ def test_an_open_shared_breaker_stays_open_when_redis_goes_away(tmp_path):
         refused = asyncio.run(scenario())
     assert refused.reason == "circuit_open" and sent == []
     assert stage.local.state == "open" and 25 < stage.local.seconds_until_half_open() <= 30
+
+
+def test_status_of_an_idle_instance_turns_half_open_when_the_window_has_passed(redis, name):
+    from addons import metrics
+
+    async def scenario():
+        a, b = instances(redis.url, name)
+        idle = BreakerStage(name, POLICY, b)  # no request reaches this instance
+        await trip(a)
+        seen = []
+        deadline = time.monotonic() + 5
+        while "half-open" not in seen and time.monotonic() < deadline:
+            seen.append(idle.status())  # each look also asks Redis for the next one
+            await asyncio.sleep(0.02)
+        gauge = metrics.REGISTRY.get_sample_value("ambassador_breaker_state", {"upstream": name})
+        stored_state = (await stored(redis.url, name)).get("state")
+        await close_all(a, b)
+        return seen, gauge, stored_state
+
+    seen, gauge, stored_state = asyncio.run(scenario())
+    assert "open" in seen and seen[-1] == "half-open"
+    assert gauge == 1
+    assert stored_state == "open"  # nothing moved it: status shows what the next request will find
