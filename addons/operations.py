@@ -71,6 +71,10 @@ class Exchange:
     shown_headers: Mapping[str, str] = field(default_factory=dict)  # already redacted by the auth stage
     reason: str | None = None  # set when the ambassador answered itself
     replayed: bool = False
+    hedged: int = 0  # extra copies sent
+    failed_urls: tuple[str, ...] = ()  # URLs that failed, before failover went on
+    failover_to: str | None = None  # the failover URL that answered
+    fallback: str | None = None  # why the profile's fallback answered
 
     @classmethod
     def of(cls, flow: http.HTTPFlow, now: float) -> Exchange:
@@ -92,6 +96,10 @@ class Exchange:
             shown_headers=notes.get("shown_headers", {}),
             reason=notes.get("reason"),
             replayed=replayed,
+            hedged=notes.get("hedged", 0),
+            failed_urls=tuple(notes.get("failed_urls", ())),
+            failover_to=notes.get("failover_to"),
+            fallback=notes.get("fallback"),
         )
 
     @property
@@ -122,6 +130,14 @@ class Exchange:
             parts.append(f"breaker {self.breaker}")
         if self.attempts is not None:
             parts.append(f"attempts {self.attempts}")
+        if self.hedged:
+            parts.append(f"hedged: {self.hedged} extra {'copy' if self.hedged == 1 else 'copies'}")
+        if self.failover_to:
+            parts.append(f"failover to {self.failover_to}")
+        if self.failed_urls:
+            parts.append(f"failed: {', '.join(self.failed_urls)}")
+        if self.fallback:
+            parts.append(f"fallback answer ({self.fallback})")
         if self.auth:
             shown = ", ".join(f"{name}: {value}" for name, value in self.shown_headers.items())
             parts.append(f"auth {self.auth}" + (f" ({shown})" if shown else ""))
@@ -132,7 +148,7 @@ class Exchange:
             return ERROR_MARKER
         if self.replayed:
             return REPLAY_MARKER
-        if self.cache == "STALE" or (self.breaker not in (None, "closed")) or (self.attempts or 1) > 1:
+        if self.cache == "STALE" or (self.breaker not in (None, "closed")) or (self.attempts or 1) > 1 or self.fallback:
             return DEGRADED_MARKER
         return ""
 
