@@ -56,6 +56,7 @@ class FailoverStage:
         self.deadline_of = deadline_of
         self.breakers = breakers
         self.failovers = metrics.FAILOVERS.labels(upstream.name)
+        self.count = 0  # tries that went on to a failover URL, for the status
 
     async def __call__(self, request: UpstreamRequest, call_next) -> UpstreamResponse:
         # Shared by the request's tries and hedge copies, as all its notes are.
@@ -67,6 +68,7 @@ class FailoverStage:
                 if self.deadline_of(request) <= time.monotonic():
                     break  # the request's time is up: a try now would only time out
                 self.failovers.inc()
+                self.count += 1
                 attempt = dataclasses.replace(
                     request, path=rebased(request.path, self.urls[0].base_path, self.urls[target].base_path), target=target
                 )
@@ -97,8 +99,10 @@ class FailoverStage:
             raise outcome
         return outcome
 
-    def status(self) -> list[dict]:
+    def status(self) -> dict:
         """Each URL and, with a breaker, its breaker's state."""
-        if self.breakers is None:
-            return [{"url": name} for name in self.names]
-        return [{"url": name, "breaker": self.breakers.url_status(i)} for i, name in enumerate(self.names)]
+        urls = [{"url": name} for name in self.names]
+        if self.breakers is not None:
+            for i, entry in enumerate(urls):
+                entry["breaker"] = self.breakers.url_status(i)
+        return {"failovers": self.count, "urls": urls}

@@ -43,6 +43,7 @@ class FallbackStage:
         self.failure_statuses = failure_statuses
         self.reason = phrase(answer.status)
         self.fallbacks = metrics.FALLBACKS.labels(upstream_name)
+        self.count = 0  # for the status
 
     async def __call__(self, request: UpstreamRequest, call_next) -> UpstreamResponse:
         try:
@@ -55,8 +56,12 @@ class FallbackStage:
             return self.fallback(request, outcome)
         return outcome
 
+    def status(self) -> dict:
+        return {"answers": self.count}
+
     def fallback(self, request: UpstreamRequest, outcome: UpstreamResponse | AmbassadorError) -> UpstreamResponse:
         self.fallbacks.inc()
+        self.count += 1
         request.notes["fallback"] = outcome.reason if isinstance(outcome, AmbassadorError) else f"upstream answered {outcome.status}"
         body = b"" if request.method == "HEAD" else self.answer.body
         headers = CIMultiDict(self.answer.headers)

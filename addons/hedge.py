@@ -57,6 +57,7 @@ class HedgeStage:
         self.failure_statuses = failure_statuses
         self.sent = metrics.HEDGES.labels(upstream_name, "sent")
         self.won = metrics.HEDGES.labels(upstream_name, "won")
+        self.counts = {"sent": 0, "won": 0}  # for the status
 
     async def __call__(self, request: UpstreamRequest, call_next) -> UpstreamResponse:
         copies = copies_for(self.policy, request.method)
@@ -90,6 +91,7 @@ class HedgeStage:
                     if wins(result, self.failure_statuses):
                         if number:
                             self.won.inc()
+                            self.counts["won"] += 1
                         return self.report(request, result, extra_sent + len(running))
                 if not running:
                     break  # every copy sent failed: no new copy after failures
@@ -100,10 +102,14 @@ class HedgeStage:
                 await asyncio.wait(running)
         return self.report(request, outcome, extra_sent)
 
+    def status(self) -> dict:
+        return dict(self.counts)
+
     def report(self, request: UpstreamRequest, outcome: Outcome, extra: int) -> UpstreamResponse:
         """Count the extra copies sent (those cancelled included) and tell the client."""
         if extra:
             self.sent.inc(extra)
+            self.counts["sent"] += extra
             request.notes["hedged"] = request.notes.get("hedged", 0) + extra
             # The retry stage, when there is one, counts its tries and these together.
             request.notes["attempts"] = 1 + request.notes["hedged"]

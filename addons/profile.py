@@ -866,14 +866,14 @@ def _read_fallback(r: _Reader, node: Any, path: str) -> FallbackAnswer | None:
         raw_headers = {}
     headers = []
     for name in raw_headers:
-        value = r.value(raw_headers, headers_path, name, header_value)
         try:
-            headers.append((answer_header(name), value))
+            answer_header(name)
         except InvalidValue as e:
             r.problem(_join(headers_path, name), str(e))
+        headers.append((name, r.value(raw_headers, headers_path, name, header_value)))
     status = r.value(f, path, "status", integer(200, 599))
     body = r.value(f, path, "body", body_text, "")
-    return FallbackAnswer(status, tuple(headers), body.encode()) if status and None not in dict(headers).values() else None
+    return FallbackAnswer(status, tuple(headers), body.encode()) if status else None
 
 
 def answer_header(value: Any) -> str:
