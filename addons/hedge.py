@@ -67,7 +67,7 @@ class HedgeStage:
         first_sent = time.monotonic()
         # Each copy's task, and its number (0: the original).
         running: dict[asyncio.Task, int] = {loop.create_task(call_next(request)): 0}
-        launched, extra_sent = 1, 0
+        launched, refused = 1, 0  # copies started; extra copies the breaker refused
         outcome: Outcome | None = None
         try:
             while running:
@@ -82,17 +82,18 @@ class HedgeStage:
                 for task in done:
                     number = running.pop(task)
                     result = task.exception() or task.result()
-                    if number and not (isinstance(result, AmbassadorError) and result.reason == "circuit_open"):
-                        extra_sent += 1  # a copy the breaker refused never went out
                     if not isinstance(result, (AmbassadorError, UpstreamResponse)):
                         raise result
-                    if outcome is None or not (isinstance(result, AmbassadorError) and result.reason == "circuit_open"):
+                    if isinstance(result, AmbassadorError) and result.reason == "circuit_open":
+                        refused += number > 0  # never went out: not an attempt
+                        outcome = outcome or result
+                    else:
                         outcome = result
                     if wins(result, self.failure_statuses):
                         if number:
                             self.won.inc()
                             self.counts["won"] += 1
-                        return self.report(request, result, extra_sent + len(running))
+                        return self.report(request, result, launched - 1 - refused)
                 if not running:
                     break  # every copy sent failed: no new copy after failures
         finally:
@@ -100,7 +101,7 @@ class HedgeStage:
                 task.cancel()
             if running:
                 await asyncio.wait(running)
-        return self.report(request, outcome, extra_sent)
+        return self.report(request, outcome, launched - 1 - refused)
 
     def status(self) -> dict:
         return dict(self.counts)
