@@ -49,6 +49,16 @@ def wins(outcome: Outcome, failure_statuses: frozenset[int]) -> bool:
     return outcome.status not in failure_statuses
 
 
+def outcome_of(copy: asyncio.Task) -> Outcome:
+    """A finished copy's answer or the ambassador's error; anything else (a bug) is raised."""
+    error = copy.exception()
+    if error is None:
+        return copy.result()
+    if isinstance(error, AmbassadorError):
+        return error
+    raise error
+
+
 class HedgeStage:
     name = "hedge"
 
@@ -79,16 +89,14 @@ class HedgeStage:
                     running[loop.create_task(call_next(request))] = launched
                     launched += 1
                     continue
-                for task in done:
-                    number = running.pop(task)
-                    result = task.exception() or task.result()
-                    if not isinstance(result, (AmbassadorError, UpstreamResponse)):
-                        raise result
+                finished = sorted((running.pop(task), outcome_of(task)) for task in done)
+                for number, result in finished:  # all counted before a winner returns
                     if isinstance(result, AmbassadorError) and result.reason == "circuit_open":
                         refused += number > 0  # never went out: not an attempt
                         outcome = outcome or result
                     else:
                         outcome = result
+                for number, result in finished:
                     if wins(result, self.failure_statuses):
                         if number:
                             self.won.inc()
