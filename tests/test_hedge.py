@@ -179,3 +179,22 @@ async def test_the_fallback_answer_is_marked_and_bodiless_for_head():
     head = await stage(request("HEAD"), down)
     assert head.body == b"" and head.headers["Content-Length"] == "13"
     assert stage.status() == {"answers": 2}
+
+
+def test_the_mitmweb_comment_tells_of_hedges_failover_and_fallback():
+    from mitmproxy.test import tflow
+
+    from addons.operations import DEGRADED_MARKER, Exchange
+
+    flow = tflow.tflow(resp=True)
+    flow.metadata["ambassador"] = {
+        "upstream": "billing", "attempts": 3, "hedged": 1,
+        "failed_urls": ["https://a.example.com/v2"], "failover_to": "https://b.example.com/v2",
+    }
+    assert Exchange.of(flow, now=flow.request.timestamp_start).comment() == (
+        "upstream billing · attempts 3 · hedged: 1 extra copy · failover to https://b.example.com/v2 · failed: https://a.example.com/v2"
+    )
+    flow.metadata["ambassador"] = {"upstream": "billing", "fallback": "circuit_open"}
+    exchange = Exchange.of(flow, now=flow.request.timestamp_start)
+    assert exchange.comment() == "upstream billing · fallback answer (circuit_open)"
+    assert exchange.marker() == DEGRADED_MARKER

@@ -127,8 +127,8 @@ def test_failed_copies_end_the_try_and_the_retry_counts_every_copy(tmp_path):
     # Try 1: the first copy answers 503 late, the hedge copy 503 at once: both failed, so the
     # try fails; try 2 is answered at once. Three copies went out.
     replies = [Reply(503, body=b"busy", delay=0.4), Reply(503, body=b"busy"), Reply(200, body=b"fine")]
-    profile_text = hedged(up_url := "{url}", "hedge: {after: 100ms}", "    retry: {attempts: 2, backoff: 10ms}\n")
-    with FakeUpstream(numbered(replies)) as up, Ambassador(tmp_path, profile_text.replace(up_url, up.url)) as amb:
+    retry = "    retry: {attempts: 2, backoff: 10ms}\n"
+    with FakeUpstream(numbered(replies)) as up, Ambassador(tmp_path, hedged(up.url, "hedge: {after: 100ms}", retry)) as amb:
         status, headers, body = amb.get("/slow/x")
         assert (status, body) == (200, b"fine")
         assert headers["X-Ambassador-Attempts"] == "3"
