@@ -132,11 +132,17 @@ def test_a_stale_cached_copy_comes_before_the_fallback(tmp_path):
         assert headers.get("X-Cache") != "HIT"
 
 
-def test_aggregate_parts_get_the_fallback_too(tmp_path):
+def test_aggregate_parts_and_batch_items_get_the_fallback_too(tmp_path):
     with Ambassador(tmp_path, fallback_profile(dead_url())) as amb:
         status, _, body = amb.get("/dashboard")
         assert status == 200
         assert json.loads(body) == {"invoices": {"items": []}, "me": {"items": []}}
+        items = json.dumps([{"path": "/billing/a"}, {"method": "DELETE", "path": "/billing/b"}]).encode()
+        status, _, body = amb.request("POST", "/_ambassador/batch", {"Content-Type": "application/json"}, items)
+        assert status == 200
+        for answer in json.loads(body):
+            assert (answer["status"], answer["body"]) == (200, {"items": []})
+            assert answer["headers"]["X-Ambassador-Fallback"] == "1"
 
 
 def test_errors_that_are_not_the_upstreams_fault_get_no_fallback(tmp_path):
