@@ -19,11 +19,12 @@ this local breaker as the fallback while Redis cannot be reached.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 import pybreaker
 
@@ -167,26 +168,35 @@ class BreakerStage:
         policy: BreakerPolicy,
         shared: SharedBreakerState | None = None,
         timeouts: tuple[float, float] = (math.inf, math.inf),
+        url: str | None = None,
     ):
+        """`url`: this breaker guards one of the upstream's failover URLs, not its `url`."""
         self.upstream_name = upstream_name
+        self.where = upstream_name if url is None else f"{upstream_name} ({url})"  # for messages
         self.policy = policy
         # The upstream's `timeout` and its bound for one try: what clients_own_timeout weighs.
         self.upstream_timeout, self.try_bound = timeouts
-        self.local = Breaker(upstream_name, policy, self.observe)
+        self.local = Breaker(self.where, policy, self.observe)
         self.shared = shared
         self.shared_down_until: float | None = None  # set while falling back to the local breaker
         self.known_state = CLOSED
         self.pending: set[asyncio.Task] = set()
+        if url is None:
+            self.gauge = metrics.BREAKER_STATE.labels(upstream_name)
+            self.transitions = functools.partial(metrics.BREAKER_TRANSITIONS.labels, upstream_name)
+        else:
+            self.gauge = metrics.URL_BREAKER_STATE.labels(upstream_name, url)
+            self.transitions = functools.partial(metrics.URL_BREAKER_TRANSITIONS.labels, upstream_name, url)
         # Read at each scrape, so that the gauge turns half-open when status does.
-        metrics.BREAKER_STATE.labels(upstream_name).set_function(lambda: GAUGE_VALUE[self.state()])
+        self.gauge.set_function(lambda: GAUGE_VALUE[self.state()])
 
     def observe(self, state: str) -> None:
         """Called with the state after every decision; logs and counts each change once."""
         if state == self.known_state:
             return
-        log.warning("upstream %s: circuit breaker %s -> %s", self.upstream_name, self.known_state, state)
+        log.warning("upstream %s: circuit breaker %s -> %s", self.where, self.known_state, state)
         self.known_state = state
-        metrics.BREAKER_TRANSITIONS.labels(self.upstream_name, state).inc()
+        self.transitions(state).inc()
 
     async def __call__(self, request: UpstreamRequest, call_next) -> UpstreamResponse:
         ticket = await self.admit()
@@ -196,7 +206,7 @@ class BreakerStage:
             retry_after = math.ceil(wait if wait > 0 else TRIAL_WAIT)
             raise AmbassadorError(
                 "circuit_open",
-                f"the circuit breaker of upstream {self.upstream_name} is open; try again in {retry_after}s",
+                f"the circuit breaker of upstream {self.where} is open; try again in {retry_after}s",
                 self.upstream_name,
                 headers={"Retry-After": str(retry_after)},
             )
@@ -269,7 +279,7 @@ class BreakerStage:
         if self.shared_down_until is None:
             log.warning(
                 "upstream %s: shared breaker state unreachable (%s); using this instance's own breaker until it is back",
-                self.upstream_name, error,
+                self.where, error,
             )
             self.carry_over_shared_state()
         self.shared_down_until = time.monotonic() + SHARED_RETRY
@@ -287,7 +297,7 @@ class BreakerStage:
 
     def shared_reached(self) -> None:
         if self.shared_down_until is not None:
-            log.warning("upstream %s: shared breaker state reachable again", self.upstream_name)
+            log.warning("upstream %s: shared breaker state reachable again", self.where)
             self.shared_down_until = None
         self.observe(self.shared.state)
 
@@ -332,15 +342,49 @@ class BreakerStage:
             await self.shared.close()
 
 
-def breaker_stage(upstream: Upstream, state_url: str | None) -> BreakerStage:
-    """The upstream's breaker stage; with a profile `state` URL its state is kept in Redis."""
-    shared = None
-    if state_url:
-        # A trial's outcome comes within the upstream's timeout; one that does not come by
-        # then was lost with its instance, and new trials may go.
-        trial_lease = upstream.timeout + 1.0
-        shared = SharedBreakerState.connect(state_url, upstream.name, upstream.breaker, trial_lease)
+def breaker_stage(upstream: Upstream, state_url: str | None) -> BreakerStage | UrlBreakers:
+    """The upstream's breaker stage: one breaker per URL (`url`, then each failover URL), each
+    kept in Redis with a profile `state` URL."""
     try_bound = upstream.timeout
     if upstream.retry and upstream.retry.try_timeout:
         try_bound = min(try_bound, upstream.retry.try_timeout)
-    return BreakerStage(upstream.name, upstream.breaker, shared, (upstream.timeout, try_bound))
+    # A trial's outcome comes within the upstream's timeout; one that does not come by
+    # then was lost with its instance, and new trials may go.
+    trial_lease = upstream.timeout + 1.0
+    stages = []
+    for index, url in enumerate(upstream.urls):
+        failover_url = None if index == 0 else str(url)
+        shared = SharedBreakerState.connect(state_url, upstream.name, upstream.breaker, trial_lease, failover_url) if state_url else None
+        stages.append(BreakerStage(upstream.name, upstream.breaker, shared, (upstream.timeout, try_bound), failover_url))
+    return stages[0] if len(stages) == 1 else UrlBreakers(stages)
+
+
+class UrlBreakers:
+    """The `breaker` stage of an upstream with failover URLs: the breaker of the URL a try
+    goes to (`request.target`), each on its own. The admin commands act on all of them."""
+
+    name = "breaker"
+
+    def __init__(self, stages: list[BreakerStage]):
+        self.stages = stages
+
+    def __call__(self, request: UpstreamRequest, call_next) -> Awaitable[UpstreamResponse]:
+        return self.stages[request.target](request, call_next)
+
+    def status(self) -> str:
+        return self.stages[0].status()  # `url`'s; the failover stage's status lists each URL's
+
+    def url_status(self, target: int) -> str:
+        return self.stages[target].status()
+
+    async def force_open(self) -> None:
+        for stage in self.stages:
+            await stage.force_open()
+
+    async def force_close(self) -> None:
+        for stage in self.stages:
+            await stage.force_close()
+
+    async def close(self) -> None:
+        for stage in self.stages:
+            await stage.close()

@@ -52,6 +52,8 @@ class UpstreamRequest:
     # Told of each exchange made with the network for this request (tries, token fetches), as
     # it ends: mitmweb shows each as a flow of its own. Shared by all copies, like `notes`.
     observer: Callable[[UpstreamExchange], None] | None = None
+    # Which of the upstream's URLs the request goes to: 0 for `url`, then its failover URLs.
+    target: int = 0
 
 
     def with_header(self, name: str, value: str) -> UpstreamRequest:

@@ -51,7 +51,8 @@ class Gateway:
 
     def set_body_limit(self, limit: int | None) -> None:
         for service in self.services.values():
-            service.transport.max_body = limit
+            for transport in service.transports:
+                transport.max_body = limit
 
     def retire_replaced(self, previous: Gateway) -> None:
         for name, service in previous.services.items():

@@ -44,6 +44,25 @@ BREAKER_TRANSITIONS = Counter(
     "ambassador_breaker_transitions", "Circuit breaker state changes per upstream, by new state.",
     ["upstream", "state"], registry=REGISTRY,
 )
+URL_BREAKER_STATE = Gauge(
+    "ambassador_failover_breaker_state",
+    "Circuit breaker state of each failover URL per upstream: 0 closed, 1 half-open, 2 open.",
+    ["upstream", "url"], registry=REGISTRY,
+)
+URL_BREAKER_TRANSITIONS = Counter(
+    "ambassador_failover_breaker_transitions", "Breaker state changes of each failover URL, by new state.",
+    ["upstream", "url", "state"], registry=REGISTRY,
+)
+HEDGES = Counter(
+    "ambassador_hedges", "Extra copies of slow requests per upstream, by outcome (sent, won).",
+    ["upstream", "outcome"], registry=REGISTRY,
+)
+FAILOVERS = Counter(
+    "ambassador_failovers", "Tries that went on to a failover URL per upstream.", ["upstream"], registry=REGISTRY,
+)
+FALLBACKS = Counter(
+    "ambassador_fallbacks", "Answers given from the profile's fallback per upstream.", ["upstream"], registry=REGISTRY,
+)
 RETRIES = Counter(
     "ambassador_retries", "Retried upstream attempts per upstream.", ["upstream"], registry=REGISTRY,
 )

@@ -59,6 +59,10 @@ class Exchange:
     reason: str | None = None  # set when the ambassador answered itself
     replayed: bool = False
     waited: float | None = None  # seconds the request waited for the upstream's limit
+    hedged: int = 0  # extra copies sent
+    failed_urls: tuple[str, ...] = ()  # URLs that failed, before failover went on
+    failover_to: str | None = None  # the failover URL that answered
+    fallback: str | None = None  # why the profile's fallback answered
 
     @classmethod
     def of(cls, flow: http.HTTPFlow, now: float) -> Exchange:
@@ -81,6 +85,10 @@ class Exchange:
             reason=notes.get("reason"),
             replayed=replayed,
             waited=notes.get("waited"),
+            hedged=notes.get("hedged", 0),
+            failed_urls=tuple(notes.get("failed_urls", ())),
+            failover_to=notes.get("failover_to"),
+            fallback=notes.get("fallback"),
         )
 
     def log_line(self) -> str:
@@ -109,6 +117,14 @@ class Exchange:
             parts.append(f"attempts {self.attempts}")
         if self.waited:
             parts.append(f"waited {self.waited:.3g}s for the limit")
+        if self.hedged:
+            parts.append(f"hedged: {self.hedged} extra {'copy' if self.hedged == 1 else 'copies'}")
+        if self.failover_to:
+            parts.append(f"failover to {self.failover_to}")
+        if self.failed_urls:
+            parts.append(f"failed: {', '.join(self.failed_urls)}")
+        if self.fallback:
+            parts.append(f"fallback answer ({self.fallback})")
         if self.auth:
             shown = ", ".join(f"{name}: {value}" for name, value in self.shown_headers.items())
             parts.append(f"auth {self.auth}" + (f" ({shown})" if shown else ""))
@@ -119,7 +135,7 @@ class Exchange:
             return ERROR_MARKER
         if self.replayed:
             return REPLAY_MARKER
-        if self.cache == "STALE" or (self.breaker not in (None, "closed")) or (self.attempts or 1) > 1:
+        if self.cache == "STALE" or (self.breaker not in (None, "closed")) or (self.attempts or 1) > 1 or self.fallback:
             return DEGRADED_MARKER
         return ""
 

@@ -66,7 +66,7 @@ def _keys(allowed: str, required: str = "") -> Keys:
 # Section name (as in profiles/schema.json's $defs) -> its keys.
 SECTIONS: Mapping[str, Keys] = MappingProxyType({
     "profile": _keys("upstreams aggregates state allowed_origins allowed_hosts", "upstreams"),
-    "upstream": _keys("url match timeout tls auth cache breaker retry async soap limit", "url match"),
+    "upstream": _keys("url match timeout tls auth cache breaker retry async soap limit hedge failover fallback", "url match"),
     "match": _keys("path_prefix host"),
     "tls": _keys("verify ca client_cert client_key"),
     "auth_bearer": _keys("type token", "type token"),
@@ -82,10 +82,12 @@ SECTIONS: Mapping[str, Keys] = MappingProxyType({
     "limit": _keys("rate burst quota concurrency queue max_wait follow_upstream"),
     "async": _keys("keep"),
     "soap": _keys("namespace version wsdl action", "namespace"),
+    "hedge": _keys("after max"),
+    "fallback": _keys("status headers body", "status"),
 })
 AUTH_TYPES = tuple(name.removeprefix("auth_") for name in SECTIONS if name.startswith("auth_"))
 # Sections whose keys all have defaults: a bare `cache:` (YAML null) switches the feature on.
-DEFAULTED_SECTIONS = frozenset({"tls", "cache", "breaker", "retry", "async", "limit"})
+DEFAULTED_SECTIONS = frozenset({"tls", "cache", "breaker", "retry", "async", "limit", "hedge"})
 
 
 class ProfileError(Exception):
@@ -276,6 +278,21 @@ class SoapPolicy:
 
 
 @dataclass(frozen=True)
+class HedgePolicy:
+    after: float = 0.3  # an idempotent request not answered by then is sent once more
+    max: int = 1  # extra copies at most, each `after` after the one before
+
+
+@dataclass(frozen=True)
+class FallbackAnswer:
+    """The answer given when the upstream cannot be used and no stale copy may stand in."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
 class Upstream:
     name: str
     url: UpstreamURL
@@ -289,6 +306,13 @@ class Upstream:
     async_: AsyncPolicy | None = None
     soap: SoapPolicy | None = None
     limit: LimitPolicy | None = None
+    hedge: HedgePolicy | None = None
+    failover: tuple[UpstreamURL, ...] = ()  # tried in order after `url`
+    fallback: FallbackAnswer | None = None
+
+    @property
+    def urls(self) -> tuple[UpstreamURL, ...]:
+        return (self.url, *self.failover)
 
 
 @dataclass(frozen=True)
@@ -879,6 +903,69 @@ def wsdl_location(r: _Reader, value: Any) -> str:
     return str(r.path(raw))
 
 
+def _read_hedge(r: _Reader, node: Any, path: str) -> HedgePolicy | None:
+    h = r.section(node, path, SECTIONS["hedge"])
+    if h is None:
+        return None
+    return HedgePolicy(
+        after=r.value(h, path, "after", positive_duration, HedgePolicy.after),
+        max=r.value(h, path, "max", integer(1, 5), HedgePolicy.max),
+    )
+
+
+def _read_failover(r: _Reader, node: Any, path: str, url: UpstreamURL | None) -> tuple[UpstreamURL, ...]:
+    """The failover URLs in order, each different from `url` and from the others."""
+    if not isinstance(node, list) or not node:
+        r.problem(path, f"must be a non-empty list of http(s) URLs, got {_describe(node)}")
+        return ()
+    urls: list[UpstreamURL] = []
+    for i, item in enumerate(node):
+        try:
+            failover_url = upstream_url(r.substitute(item))
+        except InvalidValue as e:
+            r.problem(f"{path}[{i}]", str(e))
+            continue
+        if failover_url == url or failover_url in urls:
+            r.problem(f"{path}[{i}]", f"{failover_url} is already tried before (url or an earlier failover entry)")
+            continue
+        urls.append(failover_url)
+    return tuple(urls)
+
+
+def _read_fallback(r: _Reader, node: Any, path: str) -> FallbackAnswer | None:
+    f = r.section(node, path, SECTIONS["fallback"])
+    if f is None:
+        return None
+    headers_path, raw_headers = _join(path, "headers"), f.get("headers") or {}
+    if not isinstance(raw_headers, dict):
+        r.problem(headers_path, f"must be a mapping of header names to values, got {_describe(raw_headers)}")
+        raw_headers = {}
+    headers = []
+    for name in raw_headers:
+        try:
+            answer_header(name)
+        except InvalidValue as e:
+            r.problem(_join(headers_path, name), str(e))
+        headers.append((name, r.value(raw_headers, headers_path, name, header_value)))
+    status = r.value(f, path, "status", integer(200, 599))
+    body = r.value(f, path, "body", body_text, "")
+    return FallbackAnswer(status, tuple(headers), body.encode()) if status else None
+
+
+def answer_header(value: Any) -> str:
+    """A header of an answer the ambassador makes: not one the transport or this hop owns."""
+    name = header_name(value)
+    if name.lower() in HOP_BY_HOP | TRANSPORT_OWNED:
+        raise InvalidValue(f"{name} is set by the ambassador itself")
+    return name
+
+
+def body_text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidValue(f"must be a string (quote it to keep it as written), got {_describe(value)}")
+    return value
+
+
 def _read_upstream(r: _Reader, name: Any, node: Any, path: str, has_state: bool) -> Upstream | None:
     if not isinstance(name, str) or not NAME_RE.match(name):
         r.problem(path, f"upstream names must match {NAME_PATTERN}, got {_got(name)}")
@@ -908,6 +995,9 @@ def _read_upstream(r: _Reader, name: Any, node: Any, path: str, has_state: bool)
         async_=optional("async", _read_async),
         soap=optional("soap", _read_soap),
         limit=optional("limit", _read_limit),
+        hedge=optional("hedge", _read_hedge),
+        failover=optional("failover", _read_failover, url) or (),
+        fallback=optional("fallback", _read_fallback),
     )
     return upstream if url and match else None
 

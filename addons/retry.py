@@ -88,6 +88,7 @@ class RetryStage:
         return self.report(request, outcome, sent)
 
     def report(self, request: UpstreamRequest, outcome: UpstreamResponse | AmbassadorError, sent: int) -> UpstreamResponse:
+        sent += request.notes.get("hedged", 0)  # the hedge stage's extra copies are attempts too
         request.notes["attempts"] = sent
         if isinstance(outcome, AmbassadorError):
             outcome.headers["X-Ambassador-Attempts"] = str(sent)

@@ -74,7 +74,8 @@ class UpstreamService:
     def __init__(self, upstream: Upstream, stats: UpstreamStats, stages: list[Stage] = ()):
         self.upstream = upstream
         self.stats = stats
-        self.transport = Transport(upstream)
+        # One per URL (`url`, then the failover URLs), chosen by `request.target`.
+        self.transports = [Transport(upstream, url) for url in upstream.urls]
         self.stages = list(stages)
         self.meter = metrics.UpstreamMeter(upstream.name)
         self.inflight = 0
@@ -117,7 +118,7 @@ class UpstreamService:
         finally:
             request.observer(
                 UpstreamExchange(
-                    "try", self.upstream.name, request.method, self.transport.origin + request.path,
+                    "try", self.upstream.name, request.method, self.transports[request.target].origin + request.path,
                     request.headers, request.body, started, time.time(), response, problem,
                 )
             )
@@ -129,7 +130,7 @@ class UpstreamService:
         if remaining <= 0:
             raise self.timeout_error(request)
         try:
-            return await self.transport.send(request, remaining)
+            return await self.transports[request.target].send(request, remaining)
         except TimeoutError:
             raise self.timeout_error(request) from None
 
@@ -207,4 +208,5 @@ class UpstreamService:
         stages, self.stages_to_close = self.stages_to_close, []
         for stage in stages:
             await stage.close()
-        await self.transport.close()
+        for transport in self.transports:
+            await transport.close()

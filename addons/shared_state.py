@@ -141,9 +141,12 @@ class View:
 class SharedBreakerState:
     """One upstream's breaker in Redis. Raises SharedStateUnavailable when Redis fails."""
 
-    def __init__(self, client: shared_redis.Client, upstream_name: str, policy: BreakerPolicy, trial_lease: float):
+    def __init__(
+        self, client: shared_redis.Client, upstream_name: str, policy: BreakerPolicy, trial_lease: float, url: str | None = None
+    ):
         self.client = client
-        self.key = shared_redis.upstream_keys(upstream_name) + "breaker"
+        # A failover URL's breaker is a key of its own, in the slot of its upstream's keys.
+        self.key = shared_redis.upstream_keys(upstream_name) + ("breaker" if url is None else f"breaker@{url}")
         self.policy = policy
         self.reset_ms = round(policy.reset_timeout * 1000)
         self.lease_ms = round(trial_lease * 1000)
@@ -153,9 +156,11 @@ class SharedBreakerState:
                         (("read", READ), ("admit", ADMIT), ("record", RECORD), ("force", FORCE))}
 
     @classmethod
-    def connect(cls, url: str, upstream_name: str, policy: BreakerPolicy, trial_lease: float) -> SharedBreakerState:
+    def connect(
+        cls, url: str, upstream_name: str, policy: BreakerPolicy, trial_lease: float, failover_url: str | None = None
+    ) -> SharedBreakerState:
         # No client-side retries: a Redis that is down must cost a request one short wait.
-        return cls(shared_redis.connect(url, REDIS_TIMEOUT, retries=False), upstream_name, policy, trial_lease)
+        return cls(shared_redis.connect(url, REDIS_TIMEOUT, retries=False), upstream_name, policy, trial_lease, failover_url)
 
     @property
     def state(self) -> str:

@@ -18,7 +18,7 @@ from .bounded import too_large
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse, end_to_end
 from .pool import GuardedConnector
-from .profile import Upstream
+from .profile import Upstream, UpstreamURL
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,16 @@ TLS_PROBE_WAIT = 0.5
 
 
 class Transport:
-    """Sends requests to one upstream. Create and use it inside the running event loop."""
+    """Sends requests to one URL of an upstream (its `url` or a failover URL), with the
+    upstream's TLS settings. Create and use it inside the running event loop."""
 
-    def __init__(self, upstream: Upstream):
+    def __init__(self, upstream: Upstream, url: UpstreamURL):
         self.upstream = upstream
-        self.origin = upstream.url.origin
-        if not upstream.tls.verify:
+        self.url = url
+        self.origin = url.origin
+        if not upstream.tls.verify and url == upstream.url:  # said once per upstream
             log.warning("upstream %s: TLS certificate verification is switched off (tls.verify: false)", upstream.name)
-        self.ssl = upstream.tls.context() if upstream.url.scheme == "https" else False
+        self.ssl = upstream.tls.context() if url.scheme == "https" else False
         self._session: aiohttp.ClientSession | None = None
         # The largest answer body read (mitmproxy's body_size_limit, which bounds both directions).
         self.max_body: int | None = None
@@ -68,6 +70,9 @@ class Transport:
                 ) as answer:
                     if answer.status == 101:  # leaving the block closes the connection: aiohttp counts it upgraded
                         raise self.unasked_switch()
+                    # Cancelled here (a hedge lost, the client left), aiohttp closes the
+                    # connection rather than pool it with part of an answer still on it
+                    # (tests/test_hedge_e2e.py holds it to that).
                     body = await self.read_body(answer, request)
         except TimeoutError:
             raise  # an OSError too, but the caller's to report: it knows the timeout in force
@@ -127,7 +132,7 @@ class Transport:
         when the connection is reset. A fresh handshake, then waiting for the server's first
         record, shows the alert reliably. Only failures pay for this.
         """
-        url = self.upstream.url
+        url = self.url
         try:
             async with asyncio.timeout(min(TLS_PROBE_WAIT, deadline - asyncio.get_running_loop().time())):
                 reader, writer = await asyncio.open_connection(url.host, url.port, ssl=self.ssl)

@@ -132,6 +132,15 @@ VALID = [
     ),
     Valid("empty-allowed-lists", profile(top="allowed_origins: []\nallowed_hosts:\n")),
     Valid(
+        "hedge-failover-fallback",
+        profile(
+            "hedge: {after: 50ms, max: 2}\n"
+            "failover: [https://b.partner.example.com/v2, 'http://127.0.0.1:10']\n"
+            "fallback: {status: 200, headers: {Content-Type: application/json}, body: '{\"items\": []}'}\n"
+        ),
+    ),
+    Valid("bare-hedge-and-bodiless-fallback", profile("hedge:\nfallback: {status: 503}\n")),
+    Valid(
         "yaml-merge-keys-may-override",
         """\
 upstreams:
@@ -232,6 +241,16 @@ INVALID = [
     Invalid("async-unknown-key", profile("async: {ttl: 1h}\n"), "upstreams.billing.async.ttl", "unknown key"),
     Invalid("soap-without-namespace", profile('soap: {version: "1.1"}\n'), "upstreams.billing.soap.namespace", "is required"),
     Invalid("soap-version", profile('soap: {namespace: "urn:x", version: "2.0"}\n'), "upstreams.billing.soap.version", "must be one of 1.1, 1.2, got '2.0'"),
+    # hedge, failover, fallback
+    Invalid("hedge-after-zero", profile("hedge: {after: 0ms}\n"), "upstreams.billing.hedge.after", "must be greater than zero"),
+    Invalid("hedge-max-too-many", profile("hedge: {max: 6}\n"), "upstreams.billing.hedge.max", "must be an integer between 1 and 5, got 6"),
+    Invalid("failover-not-a-list", profile("failover: https://b.example.com\n"), "upstreams.billing.failover", "must be a non-empty list of http(s) URLs"),
+    Invalid("failover-empty", profile("failover: []\n"), "upstreams.billing.failover", "must be a non-empty list of http(s) URLs"),
+    Invalid("failover-url-with-query", profile("failover: ['https://b.example.com/v2?x=1']\n"), "upstreams.billing.failover[0]", "must not have a query or fragment"),
+    Invalid("fallback-without-status", profile("fallback: {body: sorry}\n"), "upstreams.billing.fallback.status", "is required"),
+    Invalid("fallback-status-below-200", profile("fallback: {status: 101}\n"), "upstreams.billing.fallback.status", "must be an integer between 200 and 599, got 101"),
+    Invalid("fallback-body-not-text", profile("fallback: {status: 200, body: {items: []}}\n"), "upstreams.billing.fallback.body", "must be a string"),
+    Invalid("fallback-header-line-break", profile('fallback: {status: 200, headers: {X-A: "a\\r\\nB: c"}}\n'), "upstreams.billing.fallback.headers.X-A", "must not contain line breaks"),
     # aggregates
     Invalid("aggregates-a-list", profile(top="aggregates: [/d]\n"), "aggregates", "must be a mapping of GET paths to parts, got list"),
     Invalid("aggregate-path-relative", profile(top="aggregates:\n  dashboard: {a: 'billing:/a'}\n"), "aggregates.dashboard", "must be a path starting with '/'"),
@@ -268,5 +287,7 @@ LOADER_ONLY = [
         "matches the same requests as /d/{id}",
         CROSS_REFERENCE,
     ),
+    Invalid("failover-repeats-url", profile("failover: ['http://127.0.0.1:9/v2/']\n"), "upstreams.billing.failover[0]", "http://127.0.0.1:9/v2 is already tried before", CROSS_REFERENCE),
+    Invalid("fallback-header-set-by-the-ambassador", profile("fallback: {status: 200, headers: {Content-Length: '5'}}\n"), "upstreams.billing.fallback.headers.Content-Length", "Content-Length is set by the ambassador itself", "the schema lists header names by pattern, not the ones the transport owns"),
     Invalid("duplicate-yaml-key", profile("timeout: 1s\ntimeout: 2s\n"), "upstreams.billing.timeout", "duplicate key (line 6; first at line 5)", "YAML parsers keep the last of duplicate keys before a schema sees the document"),
 ]
