@@ -1,4 +1,4 @@
-"""Response aggregation (SPEC 6): one GET fans out to several upstreams at once.
+"""Response aggregation: one GET fans out to several upstreams at once.
 
 Each part is an ordinary `UpstreamRequest` handed to its upstream's `UpstreamService`, the
 path a direct request takes, so every part gets that upstream's auth, cache, breaker and retry.

@@ -1,4 +1,4 @@
-"""`POST /_ambassador/batch` (SPEC 6): several requests in one, run concurrently.
+"""`POST /_ambassador/batch`: several requests in one, run concurrently.
 
 Each item is routed like a request of its own: by `path`, as a request addressed to the
 ambassador (`match.path_prefix`), or by `url`, as a proxy request to a `match.host` upstream.

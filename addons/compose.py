@@ -1,4 +1,4 @@
-"""The mitmproxy addons that compose upstream requests: aggregates, batch, async jobs (SPEC 6, 7).
+"""The mitmproxy addons that compose upstream requests: aggregates, batch, async jobs.
 
 Thin hooks around the plain-Python `aggregate`, `batch` and `jobs` modules. Their places in
 `make_addons()`: `Aggregates`, `Batch` and `JobEndpoint` before `AdminEndpoints` (they answer

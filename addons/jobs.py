@@ -1,4 +1,4 @@
-"""Asynchronous request-reply (SPEC 7): jobs run in the background, their results kept on disk.
+"""Asynchronous request-reply: jobs run in the background, their results kept on disk.
 
 Results live in SQLite (`jobs.sqlite3` in the state folder: `$AMBASSADOR_STATE_DIR`, by default
 `state/` in the repository), so finished results survive a restart. A job whose ambassador

@@ -1,4 +1,4 @@
-"""REST to SOAP: `POST {prefix}/{Operation}` with a JSON object becomes a SOAP call (SPEC 8).
+"""REST to SOAP: `POST {prefix}/{Operation}` with a JSON object becomes a SOAP call.
 
 The stage is the outermost one of its upstream (see pipeline.py): the cache, retry, breaker and
 auth stages below it handle the real SOAP exchange as it goes over the wire, so retries and the

@@ -1,4 +1,4 @@
-"""Aggregate paths, capture confinement and body embedding as plain Python (SPEC 6)."""
+"""Aggregate paths, capture confinement and body embedding as plain Python."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Response aggregation through the real ambassador, against JSON services with delays (SPEC 6)."""
+"""Response aggregation through the real ambassador, against JSON services with delays."""
 
 import json
 import time

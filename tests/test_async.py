@@ -1,4 +1,4 @@
-"""The async job store as plain Python: results, expiry, interrupted jobs (SPEC 7)."""
+"""The async job store as plain Python: results, expiry, interrupted jobs."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Asynchronous request-reply through the real ambassador, restarts included (SPEC 7)."""
+"""Asynchronous request-reply through the real ambassador, restarts included."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Static credentials through the real ambassador (SPEC section 3): bearer, header, query and
+"""Static credentials through the real ambassador: bearer, header, query and
 basic, with values from ${VAR} and ${file:...}; a credential the client sent in the same place
 is replaced. What the upstream got is read from the upstream: its echo reaches the client with
 the secret redacted."""

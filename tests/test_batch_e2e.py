@@ -1,4 +1,4 @@
-"""`POST /_ambassador/batch` through the real ambassador (SPEC 6)."""
+"""`POST /_ambassador/batch` through the real ambassador."""
 
 import json
 import time

@@ -1,5 +1,5 @@
 """The circuit breaker through the real ambassador, against failing, hanging and resetting
-upstreams (SPEC 5, 9)."""
+upstreams."""
 
 import json
 import time

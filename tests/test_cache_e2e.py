@@ -1,4 +1,4 @@
-"""The HTTP cache through the real ambassador (SPEC section 4; RFC 9111, RFC 5861).
+"""The HTTP cache through the real ambassador.
 
 One scripted origin on 127.0.0.1 answers each test's own paths with the header fields in
 question; the tests count what reached it. Staleness comes from `Age` / `Date` / `Expires`

@@ -1,4 +1,4 @@
-"""`./run.sh check PROFILE` and start-up with a broken profile, through the real run.sh (SPEC section 1)."""
+"""`./run.sh check PROFILE` and start-up with a broken profile, through the real run.sh."""
 
 from __future__ import annotations
 

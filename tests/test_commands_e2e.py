@@ -1,5 +1,5 @@
 """The admin commands, from mitmweb's command bar (its REST API, as the UI calls it) and from a
-mitmdump script (issue 7 point 3, SPEC section 1)."""
+mitmdump script."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Faults through the real ambassador (issue 8 point 3): every request ends with the
+"""Faults through the real ambassador: every request ends with the
 upstream's answer or the SPEC's error within its timeout, and the ambassador keeps serving."""
 
 import hashlib

@@ -1,5 +1,5 @@
 """The log: one line per exchange at the default verbosity, warnings for state changes, nothing
-secret, and `-q` silences the per-exchange lines (issue 7 point 4)."""
+secret, and `-q` silences the per-exchange lines."""
 
 import json
 import os

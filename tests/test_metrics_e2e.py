@@ -1,5 +1,4 @@
-"""`GET /_ambassador/metrics` through the real ambassador, parsed with prometheus-client's parser
-(issue 7 point 1, SPEC section 9)."""
+"""`GET /_ambassador/metrics` through the real ambassador, parsed with prometheus-client's parser."""
 
 import json
 import time

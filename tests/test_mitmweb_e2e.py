@@ -1,5 +1,5 @@
-"""`./run.sh web`: a person sees in mitmweb's flow list what the ambassador did to each flow
-(issue 7 point 3). Drives the real UI in Debian's headless chromium (installed by .ci/run)."""
+"""`./run.sh web`: a person sees in mitmweb's flow list what the ambassador did to each flow.
+Drives the real UI in Debian's headless chromium (installed by .ci/run)."""
 
 import json
 

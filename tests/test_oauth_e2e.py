@@ -1,5 +1,5 @@
 """OAuth2 client credentials through the real ambassador, in front of a real identity provider
-and the resource it protects (SPEC section 3). Each scenario has its own upstream, identity
+and the resource it protects. Each scenario has its own upstream, identity
 provider and resource, so the scenarios do not share token state."""
 
 import json

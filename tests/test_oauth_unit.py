@@ -1,4 +1,4 @@
-"""The OAuth2 token manager against a real token endpoint on 127.0.0.1 (SPEC section 3)."""
+"""The OAuth2 token manager against a real token endpoint on 127.0.0.1."""
 
 import asyncio
 import base64

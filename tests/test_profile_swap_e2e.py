@@ -1,4 +1,4 @@
-"""Changing the profile of a running ambassador (SPEC section 1): file edits, the
+"""Changing the profile of a running ambassador: file edits, the
 `ambassador_profile` option from mitmweb's options editor, commands, and refusals."""
 
 import json

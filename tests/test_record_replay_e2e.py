@@ -1,5 +1,4 @@
-"""`./run.sh record FILE` and `./run.sh replay FILE`: a partner service becomes an offline fake
-(issue 7 point 2, SPEC sections 1 and 9)."""
+"""`./run.sh record FILE` and `./run.sh replay FILE`: a partner service becomes an offline fake."""
 
 import json
 import subprocess

@@ -1,4 +1,4 @@
-"""Retries through the real ambassador against flaky, hanging and resetting upstreams (SPEC 5)."""
+"""Retries through the real ambassador against flaky, hanging and resetting upstreams."""
 
 import json
 import threading

@@ -1,4 +1,4 @@
-"""Routing and the upstream exchange through the real ambassador (SPEC sections 1, 2, 9)."""
+"""Routing and the upstream exchange through the real ambassador."""
 
 import json
 

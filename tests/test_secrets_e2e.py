@@ -1,4 +1,4 @@
-"""Injected credentials never reach the ambassador's output (SPEC section 3): not its log at
+"""Injected credentials never reach the ambassador's output: not its log at
 any verbosity, not the flow file `./run.sh record` writes, not what mitmweb shows once the
 exchange is done. Every secret is grepped for, in every place."""
 

@@ -1,4 +1,4 @@
-"""The ambassador is never an open proxy (issue 8 point 4): it forwards only to the profile's
+"""The ambassador is never an open proxy: it forwards only to the profile's
 upstreams, whatever the request says, and listens on loopback unless told otherwise."""
 
 import json

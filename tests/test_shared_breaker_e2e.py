@@ -1,4 +1,4 @@
-"""Two real ambassadors sharing breaker state through a real redis-server (SPEC 2 `state`, 5)."""
+"""Two real ambassadors sharing breaker state through a real redis-server."""
 
 import json
 import time

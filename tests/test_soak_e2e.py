@@ -1,4 +1,4 @@
-"""Bounded soak and reload-under-load runs through the real ambassador (issue 8 points 2, 3)."""
+"""Bounded soak and reload-under-load runs through the real ambassador."""
 
 import http.client
 import threading

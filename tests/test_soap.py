@@ -1,4 +1,4 @@
-"""The SOAP translation as plain Python: envelopes built, answers parsed safely (SPEC 8)."""
+"""The SOAP translation as plain Python: envelopes built, answers parsed safely."""
 
 import asyncio
 import json

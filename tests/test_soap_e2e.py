@@ -1,4 +1,4 @@
-"""REST to SOAP through the real ambassador, against a SOAP service that checks what it gets (SPEC 8)."""
+"""REST to SOAP through the real ambassador, against a SOAP service that checks what it gets."""
 
 import json
 import xml.etree.ElementTree as ET

@@ -1,4 +1,4 @@
-"""TLS origination per upstream through the real ambassador (SPEC section 2, `tls`).
+"""TLS origination per upstream through the real ambassador.
 
 Real HTTPS servers on 127.0.0.1 with certificates from trustme: two upstreams with different
 CAs (one demanding a client certificate) in one ambassador, and the failures a careful user

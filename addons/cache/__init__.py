@@ -1,4 +1,4 @@
-"""The HTTP cache (SPEC section 4): RFC 9111 shared-cache semantics with RFC 5861 extensions."""
+"""The HTTP cache: RFC 9111 shared-cache semantics with RFC 5861 extensions."""
 
 from .stage import CacheStage, make_store
 

@@ -142,7 +142,7 @@ def make_entry(
         return None
     shared_with_credentials = "public" in cc or "s-maxage" in cc
     if has_credentials(request.headers) and not shared_with_credentials:
-        return None  # RFC 9111 3.5 (SPEC section 4: Cookie too)
+        return None  # RFC 9111 3.5, and a Cookie too
     if "set-cookie" in response.headers and not shared_with_credentials:
         # The RFC allows it, but a cookie set in answer to one request would be handed to every
         # later one: only where the origin says the answer is for everyone (public, s-maxage).
