@@ -21,7 +21,8 @@ from typing import NamedTuple, Sequence
 
 from mitmproxy import http
 
-from .suite import ProfileManager, error_response
+from .answers import error_response
+from .profile_manager import ProfileManager
 from .errors import AmbassadorError
 from .profile import ADMIN_PREFIX, normal_origin, origin_text
 from .routing import is_admin_path, is_local_name, names_ambassador

@@ -59,7 +59,8 @@ from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import ErrorCode, RequestProtocolError, ResponseProtocolError
 from mitmproxy.utils import human
 
-from .suite import body_size_limit, error_response
+from .answers import error_response
+from .defaults import body_size_limit
 from .errors import AmbassadorError
 from .profile import InvalidValue, positive_duration, size
 

@@ -13,7 +13,10 @@ import re
 from mitmproxy import ctx, exceptions, http
 
 from .aggregate import AggregateTable, fan_out, query_values
-from .suite import ProfileManager, addressed_to_ambassador, attached, body_size_limit, detach, error_response, json_response, to_upstream_request
+from .answers import error_response, json_response
+from .defaults import body_size_limit
+from .forward import addressed_to_ambassador, attached, detach, to_upstream_request
+from .profile_manager import ProfileManager
 from .batch import BatchItem, parse_batch, run_batch
 from .errors import AmbassadorError
 from .gateway import Gateway

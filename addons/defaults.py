@@ -21,6 +21,7 @@ import logging
 import sys
 
 from mitmproxy import ctx, exceptions
+from mitmproxy.utils import human
 
 log = logging.getLogger("ambassador")
 
@@ -82,6 +83,14 @@ async def rebind(servers) -> None:
         await server.stop()
         await server.start()
         log.info("listener moved to %s", ", ".join(f"{a[0]}:{a[1]}" for a in server.listen_addrs))
+
+
+def body_size_limit() -> int | None:
+    """mitmproxy's body_size_limit in bytes: it bounds the upstreams' answers too."""
+    if "body_size_limit" not in ctx.options:
+        return None  # mitmproxy's proxy server addon defines it; a bare test context has none
+    return human.parse_size(ctx.options.body_size_limit)
+
 
 
 def refuse_start(problem: str) -> None:

@@ -6,7 +6,9 @@ from mitmproxy.addons.serverplayback import ServerPlayback
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow
 
-from addons.suite import AdminEndpoints, NoDirectUpstream, ProfileManager, Router, attached
+from addons.admin import AdminEndpoints
+from addons.forward import NoDirectUpstream, Router, attached
+from addons.profile_manager import ProfileManager
 
 
 def profile(tmp_path):
@@ -100,7 +102,7 @@ def test_unchecked_response_is_the_checked_constructors_response():
     from mitmproxy import http
     from multidict import CIMultiDict
 
-    from addons.suite import to_mitm_response
+    from addons.answers import to_mitm_response
     from addons.exchange import UpstreamResponse
 
     headers = CIMultiDict([("Content-Type", "text/plain"), ("Set-Cookie", "a=1"), ("set-cookie", "b=2")])
@@ -141,7 +143,7 @@ def test_health_endpoint_once_a_profile_is_loaded(tmp_path):
 
 def test_files_read_by_the_profile_are_part_of_its_signature(tmp_path):
     from addons.profile import load_profile
-    from addons.suite import files_signature
+    from addons.profile_manager import files_signature
 
     (tmp_path / "key").write_text("one\n")
     path = tmp_path / "p.yaml"

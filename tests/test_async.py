@@ -143,7 +143,7 @@ def test_the_job_limit_is_an_option_of_1000_by_default():
 
     from addons.compose import RespondAsync
     from addons.jobs import Jobs
-    from addons.suite import ProfileManager
+    from addons.profile_manager import ProfileManager
     from addons.upstream_flows import UpstreamFlows
 
     jobs = Jobs()
