@@ -199,8 +199,9 @@ def auth_stage(upstream: Upstream, deadline_of: Callable[[UpstreamRequest], floa
         case OAuth2ClientCredentials() as policy:
             # The token endpoint is contacted with the upstream's TLS settings (trusted CAs,
             # client certificate): it is usually the same partner. But the client secret only
-            # ever goes to a verified endpoint: `tls.verify: false` is not followed there.
+            # ever goes to a verified endpoint: `tls.verify: false` is not followed there. It
+            # goes through the upstream's proxy too, if it has one.
             tls = dataclasses.replace(upstream.tls, verify=True).context() if policy.token_url.startswith("https:") else False
-            endpoint = TokenEndpoint(policy, tls, upstream.name)
+            endpoint = TokenEndpoint(policy, tls, upstream.name, upstream.proxy)
             return OAuth2Credential(TokenManager(upstream.name, endpoint, upstream.timeout), deadline_of)
     raise TypeError(f"unknown auth policy {upstream.auth!r}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterator, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -61,7 +61,7 @@ def _keys(allowed: str, required: str = "") -> Keys:
 # Section name (as in profiles/schema.json's $defs) -> its keys.
 SECTIONS: Mapping[str, Keys] = MappingProxyType({
     "profile": _keys("upstreams aggregates state allowed_origins allowed_hosts", "upstreams"),
-    "upstream": _keys("url match timeout tls auth cache breaker retry async soap", "url match"),
+    "upstream": _keys("url match timeout tls auth cache breaker retry async soap proxy", "url match"),
     "match": _keys("path_prefix host"),
     "tls": _keys("verify ca client_cert client_key"),
     "auth_bearer": _keys("type token", "type token"),
@@ -160,6 +160,15 @@ class TLSPolicy:
         """
         files = tuple(_file_signature(f) for f in (self.ca, self.client_cert, self.client_key) if f)
         return _tls_context(self, files)
+
+
+@dataclass(frozen=True)
+class EgressProxy:
+    """An HTTP proxy an upstream is reached through (absolute-form for http, CONNECT for https)."""
+
+    url: str  # http://host[:port], without the credentials: safe to show
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
 
 
 def _file_signature(path: Path) -> tuple[str, int, int]:
@@ -269,6 +278,7 @@ class Upstream:
     retry: RetryPolicy | None = None
     async_: AsyncPolicy | None = None
     soap: SoapPolicy | None = None
+    proxy: EgressProxy | None = None
 
 
 @dataclass(frozen=True)
@@ -559,6 +569,27 @@ def upstream_url(value: Any) -> UpstreamURL:
     )
 
 
+def egress_proxy(value: Any) -> EgressProxy:
+    """`http://[user:password@]host[:port]`. Messages never repeat the value: it may hold a password."""
+    raw = text(value)
+    usage = "write http://host:port or http://user:password@host:port"
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError:
+        raise InvalidValue(f"is not a valid proxy URL; {usage}") from None
+    if any(c.isspace() for c in raw) or parts.scheme != "http" or not parts.hostname:
+        hint = " (the proxy itself is spoken to in plain HTTP; https upstreams go through it with CONNECT)" if parts.scheme == "https" else ""
+        raise InvalidValue(f"must be an http:// proxy URL with a host; {usage}{hint}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or raw.endswith(("?", "#")):
+        raise InvalidValue(f"must not have a path, query or fragment; {usage}")
+    if port == 0:
+        raise InvalidValue("port must be 1-65535")
+    if ":" in unquote(parts.username or ""):
+        raise InvalidValue("the user name must not contain ':' (Basic credentials)")
+    return EgressProxy(origin_text("http", parts.hostname.lower(), port or 80), unquote(parts.username or ""), unquote(parts.password or ""))
+
+
 def url_text(value: Any) -> str:
     """An http(s) URL kept as written (e.g. an OAuth2 token endpoint)."""
     upstream_url(value)
@@ -831,6 +862,7 @@ def _read_upstream(r: _Reader, name: Any, node: Any, path: str, has_state: bool)
         retry=optional("retry", _read_retry),
         async_=optional("async", _read_async),
         soap=optional("soap", _read_soap),
+        proxy=r.value(u, path, "proxy", egress_proxy),
     )
     return upstream if url and match else None
 
