@@ -59,7 +59,9 @@ class HeaderCredential:
         self.kind = kind
         self.header = header
         self.alike = lookalike(header)
-        self.value = value
+        # Header text stands for bytes, one per character (header_bytes.py): a profile's
+        # non-ASCII value goes out in UTF-8, the form Secrets looks for in answers.
+        self.value = value.encode().decode("latin-1")
         self.shown = shown
         self.forms = forms  # the secret as it may appear in text (see secret_forms)
         self.secrets = Secrets(forms)
