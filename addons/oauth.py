@@ -163,7 +163,10 @@ class TokenEndpoint:
         self.upstream = upstream
         self.ssl = ssl_context
         self.proxy = proxy  # the upstream's egress proxy: its token endpoint is usually on the same partner network
-        self.proxy_url, self.proxy_auth = proxy_settings(proxy)
+        self.proxy_url, credentials = proxy_settings(proxy)
+        https = policy.token_url.startswith("https:")  # as for upstreams (see Transport)
+        self.connect_headers = credentials if https else None
+        self.request_credentials = {} if https else credentials  # on the wire only, never shown
         form = {"grant_type": "client_credentials"}
         if policy.scope:
             form["scope"] = policy.scope
@@ -202,7 +205,12 @@ class TokenEndpoint:
             try:
                 async with asyncio.timeout(timeout):
                     async with self.session().post(
-                        self.url, data=self.form, headers=self.headers, allow_redirects=False, proxy=self.proxy_url, proxy_auth=self.proxy_auth
+                        self.url,
+                        data=self.form,
+                        headers={**self.headers, **self.request_credentials},
+                        allow_redirects=False,
+                        proxy=self.proxy_url,
+                        proxy_headers=self.connect_headers,
                     ) as got:
                         if got.status == 407 and self.proxy:
                             raise TokenError(proxy_refusal(self.proxy, self.upstream, 407, got.reason))

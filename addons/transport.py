@@ -41,8 +41,12 @@ class Transport:
         if not upstream.tls.verify:
             log.warning("upstream %s: TLS certificate verification is switched off (tls.verify: false)", upstream.name)
         self.ssl = upstream.tls.context() if upstream.url.scheme == "https" else False
-        self.proxy, self.proxy_auth = proxy_settings(upstream.proxy)
-        self.proxy_secrets = Secrets(proxy_secret_forms(upstream.proxy)) if self.proxy_auth else None
+        self.proxy, credentials = proxy_settings(upstream.proxy)
+        # A CONNECT carries the proxy's credentials for a tunnel (https); an absolute-form
+        # request carries them itself (http).
+        self.connect_headers = credentials if self.ssl else None
+        self.request_credentials = None if self.ssl else credentials
+        self.proxy_secrets = Secrets(proxy_secret_forms(upstream.proxy)) if credentials else None
         self._session: aiohttp.ClientSession | None = None
         # The largest answer body read (mitmproxy's body_size_limit, which bounds both directions).
         self.max_body: int | None = None
@@ -62,6 +66,10 @@ class Transport:
         """Raises TimeoutError after `timeout` seconds, AmbassadorError for connection failures."""
         name = self.upstream.name
         url = URL(self.origin + request.path, encoded=True)
+        headers = request.headers
+        if self.request_credentials:
+            headers = headers.copy()
+            headers.update(self.request_credentials)
         deadline = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout(timeout):
@@ -69,11 +77,11 @@ class Transport:
                     async with self.session().request(
                         request.method,
                         url,
-                        headers=request.headers,
+                        headers=headers,
                         data=request.body or None,
                         allow_redirects=False,
                         proxy=self.proxy,
-                        proxy_auth=self.proxy_auth,
+                        proxy_headers=self.connect_headers,
                     ) as answer:
                         if answer.status == 101:  # leaving the block closes the connection: aiohttp counts it upgraded
                             raise self.unasked_switch()
@@ -163,8 +171,8 @@ class Transport:
         if self.proxy is None:
             return await asyncio.open_connection(url.host, url.port, ssl=self.ssl)
         reader, writer = await asyncio.open_connection(self.proxy.host, self.proxy.port)
-        authorization = f"Proxy-Authorization: {self.proxy_auth.encode()}\r\n" if self.proxy_auth else ""
-        writer.write(f"CONNECT {url.host}:{url.port} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n{authorization}\r\n".encode())
+        fields = "".join(f"{name}: {value}\r\n" for name, value in (self.connect_headers or {}).items())
+        writer.write(f"CONNECT {url.host}:{url.port} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n{fields}\r\n".encode())
         head = await reader.readuntil(b"\r\n\r\n")
         if head.split(b" ", 2)[1:2] != [b"200"]:
             writer.close()
@@ -177,12 +185,14 @@ class Transport:
             await self._session.close()
 
 
-def proxy_settings(proxy: EgressProxy | None) -> tuple[URL | None, aiohttp.BasicAuth | None]:
-    """The proxy URL and credentials as aiohttp takes them (`proxy=`, `proxy_auth=`)."""
+def proxy_settings(proxy: EgressProxy | None) -> tuple[URL | None, dict[str, str]]:
+    """The proxy URL as aiohttp takes it (`proxy=`), and the Proxy-Authorization its
+    credentials make (none without): aiohttp sends `proxy_headers` with a CONNECT only."""
     if proxy is None:
-        return None, None
-    auth = aiohttp.BasicAuth(proxy.username, proxy.password, "utf-8") if proxy.username or proxy.password else None
-    return URL(proxy.url), auth
+        return None, {}
+    if not (proxy.username or proxy.password):
+        return URL(proxy.url), {}
+    return URL(proxy.url), {"Proxy-Authorization": aiohttp.encode_basic_auth(proxy.username, proxy.password)}
 
 
 def proxy_secret_forms(proxy: EgressProxy | None) -> tuple[str, ...]:
