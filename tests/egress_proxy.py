@@ -4,7 +4,9 @@ Absolute-form requests (`GET http://host:port/path HTTP/1.1`) are forwarded in o
 each on a kept-alive connection per target, Proxy-Authorization and Proxy-Connection removed
 (unless `forward_authorization`, a misbehaving proxy); `CONNECT host:port` opens a tunnel
 whose bytes it relays blindly. With `credentials` ("user:password") anything without them
-gets 407. Answers are framed by Content-Length (what FakeUpstream sends).
+gets 407. Answers are framed by Content-Length (what FakeUpstream sends). Host names in
+`PARTNER_DOMAIN` (`*.partner.test`) resolve to 127.0.0.1 here only, as partner hosts behind
+a corporate proxy do: the ambassador cannot reach them but through the proxy.
 
     with EgressProxy(credentials="svc:pw") as proxy:
         ... proxy.forwarded, proxy.tunnels, proxy.authorizations
@@ -17,6 +19,7 @@ import base64
 import threading
 from urllib.parse import urlsplit
 
+PARTNER_DOMAIN = ".partner.test"
 REFUSAL = b'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="corp"\r\nContent-Length: 0\r\n\r\n'
 
 
@@ -74,7 +77,7 @@ class EgressProxy:
                 self.forwarded.append(target)
                 url = urlsplit(target)
                 if url.netloc not in targets:
-                    targets[url.netloc] = await asyncio.open_connection(url.hostname, url.port or 80)
+                    targets[url.netloc] = await asyncio.open_connection(resolved(url.hostname), url.port or 80)
                 up_reader, up_writer = targets[url.netloc]
                 dropped = {"proxy-connection"} | (set() if self.forward_authorization else {"proxy-authorization"})
                 kept = [f"{k}:{v}" for k, v in fields if k.lower() not in dropped]
@@ -94,7 +97,7 @@ class EgressProxy:
     async def tunnel(self, target: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         host, _, port = target.rpartition(":")
         try:
-            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            up_reader, up_writer = await asyncio.open_connection(resolved(host), int(port))
         except OSError:
             writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
             return
@@ -111,6 +114,10 @@ class EgressProxy:
                 sink.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def resolved(host: str) -> str:
+    return "127.0.0.1" if host.endswith(PARTNER_DOMAIN) else host
 
 
 async def read_head(reader: asyncio.StreamReader) -> list[str] | None:

@@ -3,11 +3,15 @@
 The real ambassador in front of a real forwarding proxy on 127.0.0.1 (tests/egress_proxy.py),
 itself in front of real HTTP and HTTPS servers (certificates from trustme): absolute-form
 requests for http upstreams, CONNECT tunnels for https ones with the upstream's own TLS
-settings inside, proxy credentials, and the proxy's failures.
+settings inside, proxy credentials, and the proxy's failures. The upstreams are named
+`*.partner.test`, which only the proxy resolves: nothing reaches them around it.
 """
 
 import base64
 import json
+import socket
+import ssl
+import threading
 from urllib.parse import quote
 
 import pytest
@@ -40,23 +44,53 @@ def pki(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def net(pki):
+def hang_up(pki):
+    """A TLS server that hangs up right after the handshake, with no alert: how some servers
+    refuse a missing client certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    pki["partner_ca"].issue_cert("strict.partner.test").configure_cert(context)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.unwrap()
+            except (OSError, ValueError):
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"https://strict.partner.test:{listener.getsockname()[1]}"
+    listener.close()
+
+
+@pytest.fixture(scope="module")
+def net(pki, hang_up):
     idp = IdentityProvider("app", "client-secret")
     with (
         EgressProxy() as open_proxy,
         EgressProxy(credentials=CREDENTIALS) as guarded,
         EgressProxy(credentials=CREDENTIALS, forward_authorization=True) as leaky,
-        FakeUpstream(echo) as plain,
-        FakeUpstream(echo_proxy_authorization) as reflector,
-        FakeUpstream(idp.token_endpoint) as auth,
-        FakeUpstream(idp.resource) as api,
-        https_upstream(echo, pki["partner_ca"]) as partner,
-        https_upstream(echo, pki["partner_ca"], client_ca=pki["client_ca"]) as bank,
+        behind_proxy(FakeUpstream(echo), "plain") as plain,
+        behind_proxy(FakeUpstream(echo_proxy_authorization), "reflector") as reflector,
+        behind_proxy(FakeUpstream(idp.token_endpoint), "auth") as auth,
+        behind_proxy(FakeUpstream(idp.resource), "api") as api,
+        https_upstream(echo, pki["partner_ca"], name="partner.partner.test") as partner,
+        https_upstream(echo, pki["partner_ca"], client_ca=pki["client_ca"], name="bank.partner.test") as bank,
     ):
         yield {
             "open": open_proxy, "guarded": guarded, "leaky": leaky, "plain": plain, "reflector": reflector,
-            "auth": auth, "api": api, "partner": partner, "bank": bank, "idp": idp,
+            "auth": auth, "api": api, "partner": partner, "bank": bank, "idp": idp, "strict": hang_up,
         }
+
+
+def behind_proxy(upstream: FakeUpstream, name: str) -> FakeUpstream:
+    upstream.url = f"http://{name}.partner.test:{upstream.port}"
+    return upstream
 
 
 def with_credentials(proxy: EgressProxy, userinfo: str) -> str:
@@ -85,6 +119,12 @@ upstreams:
     url: {net["bank"].url}
     match: {{path_prefix: /bank-without-cert}}
     tls: {{ca: partner-ca.pem}}
+    proxy: {open_proxy}
+  strict:
+    url: {net["strict"]}
+    match: {{path_prefix: /strict}}
+    tls: {{ca: partner-ca.pem}}
+    timeout: 3s
     proxy: {open_proxy}
   secured:
     url: {net["plain"].url}
@@ -156,8 +196,8 @@ def test_an_https_upstream_is_reached_through_a_connect_tunnel_with_its_own_ca(a
     status, _, body = amb.get("/partner/a")
     assert status == 200, body
     assert json.loads(body)["path"] == "/a"
-    assert net["open"].tunnels[tunnels:] == [f"127.0.0.1:{net['partner'].port}"]
-    assert f"127.0.0.1:{net['partner'].port}" not in "".join(net["open"].forwarded)  # never in clear
+    assert net["open"].tunnels[tunnels:] == [f"partner.partner.test:{net['partner'].port}"]
+    assert "partner.partner.test" not in "".join(net["open"].forwarded)  # never in clear
 
 
 def test_tunnels_are_kept_alive_and_reused(amb, net):
@@ -171,7 +211,7 @@ def test_tunnels_are_kept_alive_and_reused(amb, net):
 def test_mtls_goes_end_to_end_through_the_tunnel(amb, net):
     status, _, body = amb.get("/bank/accounts")
     assert status == 200, body
-    assert f"127.0.0.1:{net['bank'].port}" in net["open"].tunnels
+    assert f"bank.partner.test:{net['bank'].port}" in net["open"].tunnels
 
 
 def test_a_missing_client_certificate_through_the_tunnel_is_named(amb):
@@ -180,6 +220,15 @@ def test_a_missing_client_certificate_through_the_tunnel_is_named(amb):
     assert status == 502 and error["reason"] == "connect_error", body
     assert "TLS handshake with upstream bank-without-cert failed" in error["message"]
     assert "client certificate" in error["message"]
+
+
+def test_a_server_hanging_up_after_the_handshake_is_probed_through_the_tunnel(amb, net):
+    """The probe that tells such a refusal from a broken exchange goes through the proxy too."""
+    status, _, body = amb.get("/strict/x")
+    error = error_of(body)
+    assert status == 502 and error["reason"] == "connect_error", body
+    assert "TLS handshake with upstream strict failed" in error["message"]
+    assert "does it require a client certificate?" in error["message"]  # only the probe can tell
 
 
 def test_proxy_credentials_are_sent_as_proxy_authorization(amb, net):
