@@ -171,8 +171,9 @@ class Transport:
         if self.proxy is None:
             return await asyncio.open_connection(url.host, url.port, ssl=self.ssl)
         reader, writer = await asyncio.open_connection(self.proxy.host, self.proxy.port)
+        authority = f"[{url.host}]:{url.port}" if ":" in url.host else f"{url.host}:{url.port}"
         fields = "".join(f"{name}: {value}\r\n" for name, value in (self.connect_headers or {}).items())
-        writer.write(f"CONNECT {url.host}:{url.port} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n{fields}\r\n".encode())
+        writer.write(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{fields}\r\n".encode())
         head = await reader.readuntil(b"\r\n\r\n")
         if head.split(b" ", 2)[1:2] != [b"200"]:
             writer.close()
