@@ -59,7 +59,9 @@ class HeaderCredential:
         self.kind = kind
         self.header = header
         self.alike = lookalike(header)
-        self.value = value
+        # Header text stands for bytes, one per character (header_bytes.py): a profile's
+        # non-ASCII value goes out in UTF-8, the form Secrets looks for in answers.
+        self.value = value.encode().decode("latin-1")
         self.shown = shown
         self.forms = forms  # the secret as it may appear in text (see secret_forms)
         self.secrets = Secrets(forms)
@@ -199,8 +201,9 @@ def auth_stage(upstream: Upstream, deadline_of: Callable[[UpstreamRequest], floa
         case OAuth2ClientCredentials() as policy:
             # The token endpoint is contacted with the upstream's TLS settings (trusted CAs,
             # client certificate): it is usually the same partner. But the client secret only
-            # ever goes to a verified endpoint: `tls.verify: false` is not followed there.
+            # ever goes to a verified endpoint: `tls.verify: false` is not followed there. It
+            # goes through the upstream's proxy too, if it has one.
             tls = dataclasses.replace(upstream.tls, verify=True).context() if policy.token_url.startswith("https:") else False
-            endpoint = TokenEndpoint(policy, tls, upstream.name)
+            endpoint = TokenEndpoint(policy, tls, upstream.name, upstream.proxy)
             return OAuth2Credential(TokenManager(upstream.name, endpoint, upstream.timeout), deadline_of)
     raise TypeError(f"unknown auth policy {upstream.auth!r}")

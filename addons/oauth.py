@@ -33,8 +33,8 @@ from multidict import CIMultiDict
 from .errors import AmbassadorError
 from .exchange import UpstreamExchange, UpstreamResponse
 from .metrics import TOKEN_FETCHES
-from .profile import OAuth2ClientCredentials
-from .transport import tls_failure
+from .profile import EgressProxy, OAuth2ClientCredentials
+from .transport import proxy_failure, proxy_refusal, proxy_settings, tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +158,15 @@ class TokenEndpoint:
     form-urlencoded first (RFC 6749 section 2.3.1); `body` sends them as form fields.
     """
 
-    def __init__(self, policy: OAuth2ClientCredentials, ssl_context: ssl.SSLContext | bool, upstream: str = ""):
+    def __init__(self, policy: OAuth2ClientCredentials, ssl_context: ssl.SSLContext | bool, upstream: str = "", proxy: EgressProxy | None = None):
         self.url = policy.token_url
         self.upstream = upstream
         self.ssl = ssl_context
+        self.proxy = proxy  # the upstream's egress proxy: its token endpoint is usually on the same partner network
+        self.proxy_url, credentials = proxy_settings(proxy)
+        https = policy.token_url.startswith("https:")  # as for upstreams (see Transport)
+        self.connect_headers = credentials if https else None
+        self.request_credentials = {} if https else credentials  # on the wire only, never shown
         form = {"grant_type": "client_credentials"}
         if policy.scope:
             form["scope"] = policy.scope
@@ -199,12 +204,23 @@ class TokenEndpoint:
         try:
             try:
                 async with asyncio.timeout(timeout):
-                    async with self.session().post(self.url, data=self.form, headers=self.headers, allow_redirects=False) as got:
+                    async with self.session().post(
+                        self.url,
+                        data=self.form,
+                        headers={**self.headers, **self.request_credentials},
+                        allow_redirects=False,
+                        proxy=self.proxy_url,
+                        proxy_headers=self.connect_headers,
+                    ) as got:
+                        if got.status == 407 and self.proxy:
+                            raise TokenError(proxy_refusal(self.proxy, self.upstream, 407, got.reason))
                         body = await got.read()
                         answer = UpstreamResponse(got.status, got.reason or "", CIMultiDict(got.headers), body)
             except TimeoutError:
                 raise TokenError(f"did not answer within {timeout:.3g}s") from None
             except (aiohttp.ClientError, OSError) as e:
+                if problem := proxy_failure(e, self.proxy, self.upstream):
+                    raise TokenError(problem) from None
                 if problem := tls_failure(e):
                     raise TokenError(f"TLS handshake failed: {problem}") from None
                 if isinstance(e, aiohttp.ClientConnectorError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Iterator, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -66,7 +66,7 @@ def _keys(allowed: str, required: str = "") -> Keys:
 # Section name (as in profiles/schema.json's $defs) -> its keys.
 SECTIONS: Mapping[str, Keys] = MappingProxyType({
     "profile": _keys("upstreams aggregates state allowed_origins allowed_hosts", "upstreams"),
-    "upstream": _keys("url match timeout tls auth cache breaker retry async soap limit hedge failover fallback", "url match"),
+    "upstream": _keys("url match timeout tls auth cache breaker retry async soap limit hedge failover fallback proxy", "url match"),
     "match": _keys("path_prefix host"),
     "tls": _keys("verify ca client_cert client_key"),
     "auth_bearer": _keys("type token", "type token"),
@@ -168,6 +168,15 @@ class TLSPolicy:
         """
         files = tuple(_file_signature(f) for f in (self.ca, self.client_cert, self.client_key) if f)
         return _tls_context(self, files)
+
+
+@dataclass(frozen=True)
+class EgressProxy:
+    """An HTTP proxy an upstream is reached through (absolute-form for http, CONNECT for https)."""
+
+    url: str  # http://host[:port], without the credentials: safe to show
+    username: str = field(default="", repr=False)
+    password: str = field(default="", repr=False)
 
 
 def _file_signature(path: Path) -> tuple[str, int, int]:
@@ -313,6 +322,7 @@ class Upstream:
     @property
     def urls(self) -> tuple[UpstreamURL, ...]:
         return (self.url, *self.failover)
+    proxy: EgressProxy | None = None
 
 
 @dataclass(frozen=True)
@@ -605,6 +615,27 @@ def upstream_url(value: Any) -> UpstreamURL:
         port=port or (443 if parts.scheme == "https" else 80),
         base_path=parts.path.rstrip("/"),
     )
+
+
+def egress_proxy(value: Any) -> EgressProxy:
+    """`http://[user:password@]host[:port]`. Messages never repeat the value: it may hold a password."""
+    raw = text(value)
+    usage = "write http://host:port or http://user:password@host:port"
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError:
+        raise InvalidValue(f"is not a valid proxy URL; {usage}") from None
+    if any(c.isspace() for c in raw) or parts.scheme != "http" or not parts.hostname:
+        hint = " (the proxy itself is spoken to in plain HTTP; https upstreams go through it with CONNECT)" if parts.scheme == "https" else ""
+        raise InvalidValue(f"must be an http:// proxy URL with a host; {usage}{hint}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or raw.endswith(("?", "#")):
+        raise InvalidValue(f"must not have a path, query or fragment; {usage}")
+    if port == 0:
+        raise InvalidValue("port must be 1-65535")
+    if ":" in unquote(parts.username or ""):
+        raise InvalidValue("the user name must not contain ':' (Basic credentials)")
+    return EgressProxy(origin_text("http", parts.hostname.lower(), port or 80), unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def url_text(value: Any) -> str:
@@ -998,6 +1029,7 @@ def _read_upstream(r: _Reader, name: Any, node: Any, path: str, has_state: bool)
         hedge=optional("hedge", _read_hedge),
         failover=optional("failover", _read_failover, url) or (),
         fallback=optional("fallback", _read_fallback),
+        proxy=r.value(u, path, "proxy", egress_proxy),
     )
     return upstream if url and match else None
 

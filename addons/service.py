@@ -20,7 +20,7 @@ from .exchange import UpstreamExchange, UpstreamRequest, UpstreamResponse
 from .profile import Upstream
 from .reflected import Secrets
 from .replay import Recording
-from .transport import Transport
+from .transport import Transport, proxy_secret_forms
 
 Handler = Callable[[UpstreamRequest], Awaitable[UpstreamResponse]]
 
@@ -89,6 +89,8 @@ class UpstreamService:
 
     def status(self) -> dict:
         report = {"url": str(self.upstream.url)}
+        if self.upstream.proxy is not None:
+            report["proxy"] = self.upstream.proxy.url  # without its credentials
         report.update({s.name: s.status() for s in self.stages if hasattr(s, "status")})
         report.update(self.stats.as_dict())
         return report
@@ -178,7 +180,8 @@ class UpstreamService:
 
     def secret_forms(self) -> list[str]:
         auth = self.stage("auth")
-        return auth.secret_forms() if auth is not None else []
+        forms = [*(auth.secret_forms() if auth is not None else ()), *proxy_secret_forms(self.upstream.proxy)]
+        return sorted(forms, key=len, reverse=True)
 
     def without_credential(self, path: str) -> str:
         """A path as sent to the upstream, without the credential the auth stage put in it."""

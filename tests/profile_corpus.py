@@ -131,6 +131,8 @@ VALID = [
         profile(top=f'allowed_origins: [https://app.example.com, "HTTP://Localhost:3000", "${{{UNSET_VAR}:-http://[::1]:8080}}"]\nallowed_hosts: [ambassador.internal, 10.0.0.5]\n'),
     ),
     Valid("empty-allowed-lists", profile(top="allowed_origins: []\nallowed_hosts:\n")),
+    Valid("egress-proxy", profile("proxy: http://proxy.corp.example:3128\n")),
+    Valid("egress-proxy-with-credentials", profile(f'proxy: "http://svc:${{{SET_VAR}}}@proxy.corp.example:3128/"\n')),
     Valid(
         "hedge-failover-fallback",
         profile(
@@ -195,6 +197,10 @@ INVALID = [
     Invalid("tls-verify-quoted", profile('tls: {verify: "yes"}\n'), "upstreams.billing.tls.verify", "must be true or false, got 'yes'"),
     Invalid("tls-unknown-key", profile("tls: {verfy: false}\n"), "upstreams.billing.tls.verfy", "unknown key (did you mean 'verify'?)"),
     Invalid("tls-key-without-cert", profile(f"tls: {{client_key: {CA_FILE}}}\n"), "upstreams.billing.tls.client_key", "needs client_cert"),
+    # proxy: messages never repeat the URL, which may hold a password
+    Invalid("proxy-https-scheme", profile("proxy: https://svc:hunter2@proxy.corp.example:3128\n"), "upstreams.billing.proxy", "must be an http:// proxy URL with a host"),
+    Invalid("proxy-with-path", profile("proxy: http://svc:hunter2@proxy.corp.example:3128/path\n"), "upstreams.billing.proxy", "must not have a path, query or fragment"),
+    Invalid("proxy-not-a-string", profile("proxy: {host: proxy.corp.example}\n"), "upstreams.billing.proxy", "must be a string, got dict"),
     # auth
     Invalid("auth-not-a-mapping", profile("auth: bearer\n"), "upstreams.billing.auth", "must be a mapping, got str"),
     Invalid("auth-without-type", profile("auth: {token: abc}\n"), "upstreams.billing.auth.type", "is required: one of bearer, header, query, basic, oauth2_client_credentials"),

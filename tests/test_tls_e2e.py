@@ -16,19 +16,19 @@ from harness import Ambassador, FakeUpstream, Received, Reply, echo, run_sh
 from oauth_fakes import IdentityProvider
 
 
-def https_upstream(handler, ca: trustme.CA, client_ca: trustme.CA | None = None) -> FakeUpstream:
-    """A FakeUpstream speaking TLS with a certificate for 127.0.0.1 from `ca`; with `client_ca`
+def https_upstream(handler, ca: trustme.CA, client_ca: trustme.CA | None = None, name: str = "127.0.0.1") -> FakeUpstream:
+    """A FakeUpstream speaking TLS with a certificate for `name` from `ca`; with `client_ca`
     it demands a client certificate issued by that CA (mTLS)."""
     upstream = FakeUpstream(handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.issue_cert(name).configure_cert(context)
     if client_ca:
         client_ca.configure_trust(context)
         context.verify_mode = ssl.CERT_REQUIRED
     # The handshake happens in the request's thread, so a failing one cannot stall the server.
     upstream.server.socket = context.wrap_socket(upstream.server.socket, server_side=True, do_handshake_on_connect=False)
     upstream.server.handle_error = lambda request, address: None  # failed handshakes are expected here
-    upstream.url = f"https://127.0.0.1:{upstream.port}"
+    upstream.url = f"https://{name}:{upstream.port}"
     return upstream
 
 
