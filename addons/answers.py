@@ -55,7 +55,7 @@ def unchecked_response(**fields) -> http.Response:
 
     mitmproxy checks the fields of each new message against their annotations unless Python
     runs with -O (`if __debug__` in `http.MessageData`): about a third of what building an
-    answer costs, on every request. Ours come from typed values (tests/test_addons.py checks
+    answer costs, on every request. Ours come from typed values (tests/unit/test_addons.py checks
     the result against the checked constructor's)."""
     data = object.__new__(http.ResponseData)
     data.__dict__.update(fields)

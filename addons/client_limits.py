@@ -32,12 +32,12 @@ chosen, and a `ConnectionHandler` patch would see bytes without knowing where a 
 knows both. The patch wraps two of its methods and its body-reader factory, and replaces
 none of their logic; the state it keeps lives on the layer. `check_internals()` checks what
 it relies on when the addon loads, so that a mitmproxy upgrade that changes them stops the
-start instead of silently unbounding the heads (tests/test_client_limits.py drives the real
+start instead of silently unbounding the heads (tests/unit/test_client_limits.py drives the real
 layer).
 
 HTTP/2 clients need no size bound here: h2 refuses a header list over 64 KiB (its
 MAX_HEADER_LIST_SIZE, a connection error) and at most 64 CONTINUATION frames of a header
-block (tests/test_client_limits.py pins the first).
+block (tests/unit/test_client_limits.py pins the first).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ byte it stands for; a field holding characters beyond one byte (text that never 
 a token from JSON) is written in UTF-8 as aiohttp would. Elsewhere aiohttp is unchanged.
 
 This replaces a private function of aiohttp (`http_writer._serialize_headers`, which its
-`StreamWriter.write_headers` looks up on each call); tests/test_header_bytes.py pins it, so an
+`StreamWriter.write_headers` looks up on each call); tests/unit/test_header_bytes.py pins it, so an
 aiohttp upgrade that changes it fails a test.
 """
 

@@ -12,7 +12,7 @@ comes while part of the request still waits in our send buffer. Both are closed 
 
 This leans on two private parts of aiohttp's connector (`_factory`, which makes the protocol of
 each new connection, and `_release`, which takes a connection back into the pool);
-tests/test_pool.py pins both, so an aiohttp upgrade that changes them fails a test.
+tests/unit/test_pool.py pins both, so an aiohttp upgrade that changes them fails a test.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class Transport:
                             raise AmbassadorError("connect_error", proxy_refusal(self.upstream.proxy, name, 407, answer.reason), name)
                         # Cancelled here (a hedge lost, the client left), aiohttp closes the
                         # connection rather than pool it with part of an answer still on it
-                        # (tests/test_hedge_e2e.py holds it to that).
+                        # (tests/e2e/test_hedge_e2e.py holds it to that).
                         body = await self.read_body(answer, request)
         except TimeoutError:
             raise  # an OSError too, but the caller's to report: it knows the timeout in force

@@ -1,6 +1,6 @@
 """The profile's policy objects: immutable and typed, made once by the loader; the keys each
 section allows and the value patterns, which `profiles/schema.json` describes the same way
-(tests/test_schema.py keeps the two in agreement)."""
+(tests/unit/test_schema.py keeps the two in agreement)."""
 
 from __future__ import annotations
 

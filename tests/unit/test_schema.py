@@ -27,7 +27,7 @@ from addons.profile import (
 )
 from profile_corpus import INVALID, LOADER_ONLY, VALID, Invalid, prepare
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "profiles" / "schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 DEFS = SCHEMA["$defs"]

@@ -108,35 +108,6 @@ def test_purge_deletes_only_expired_results(tmp_path):
     assert [row[0] for row in s.db.execute("SELECT id FROM jobs ORDER BY id")] == ["long", "running"]
 
 
-OPEN_AT_ONCE = """
-import sys, time
-from pathlib import Path
-from addons.jobs import JobStore
-
-start = float(sys.argv[2])
-while time.time() < start:
-    pass
-try:
-    JobStore(Path(sys.argv[1]), "owner").close()
-    print("ok")
-except Exception as e:
-    print(f"{type(e).__name__}: {e}")
-"""
-
-
-def test_ambassadors_opening_a_new_jobs_file_at_once_both_get_it(tmp_path):
-    """Two ambassadors sharing a state folder, started together (see addons/sqlite_wal.py)."""
-    import time
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    for trial in range(8):
-        start = str(time.time() + 1.0)
-        both = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, str(tmp_path / f"jobs{trial}.sqlite3"), start],
-                                 cwd=root, stdout=subprocess.PIPE, text=True) for _ in range(2)]
-        assert [p.communicate(timeout=60)[0].strip() for p in both] == ["ok", "ok"], trial
-
-
 def test_the_job_limit_is_an_option_of_1000_by_default():
     from mitmproxy import exceptions
     from mitmproxy.test import taddons

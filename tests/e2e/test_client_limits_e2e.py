@@ -13,7 +13,7 @@ import pytest
 
 from harness import Ambassador, FakeUpstream, raw_exchange
 
-HEAD_TIMEOUT = 2.0  # the defaults are 10s (tests/test_client_limits.py); short keeps this fast
+HEAD_TIMEOUT = 2.0  # the defaults are 10s (tests/unit/test_client_limits.py); short keeps this fast
 BODY_TIMEOUT = 2.0
 
 

@@ -20,12 +20,6 @@ from redis_server import RedisServer, free_port
 POLICY = BreakerPolicy(fail_max=3, reset_timeout=0.3, half_open_max=2)
 
 
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory):
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
 @pytest.fixture
 def name(request):
     return request.node.name.replace("_", "-")[:60]

@@ -5,7 +5,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import redis as redis_client
 
 from harness import ROOT, Ambassador, FakeUpstream, Received, Reply
@@ -115,12 +114,6 @@ def test_processes_opening_a_new_sqlite_file_at_once_both_get_it(tmp_path):
 def cache_keys(origin: FakeUpstream) -> dict[str, str]:
     """The `stored` upstream's cache keys in Redis by part: blobs, used, expires, bytes."""
     return {part: f"ambassador:{{stored}}:cache:stored {origin.url}:{part}" for part in ("blobs", "used", "expires", "bytes")}
-
-
-@pytest.fixture(scope="module")
-def redis(tmp_path_factory):
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 def test_redis_store_is_shared_by_instances_and_expires(tmp_path, redis):
