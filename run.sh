@@ -195,7 +195,7 @@ case "$command" in
         shift
         ensure_test_tools
         cd "$ROOT"
-        PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/python" -m pytest "$@"
+        exec "$VENV/bin/python" -m pytest "$@"  # pyproject.toml puts the root and tests/ on its path
         ;;
     check)
         [[ $# -eq 2 ]] || die "usage: ./run.sh check PROFILE"
