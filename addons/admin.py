@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from .answers import error_response, json_response
+from .answers import refuse, json_response
 from .errors import AmbassadorError
 from .operations import METRICS_PATH, metrics_response
 from .profile import ADMIN_PREFIX
@@ -36,8 +36,8 @@ class AdminEndpoints:
         path = flow.request.path.split("?", 1)[0]
         answer = self.endpoints.get(path)
         if answer is None:
-            flow.response = error_response(AmbassadorError("no_route", f"no admin endpoint {path}"))
+            refuse(flow, AmbassadorError("no_route", f"no admin endpoint {path}"))
         elif flow.request.method not in ("GET", "HEAD"):
-            flow.response = error_response(AmbassadorError("bad_request", f"{path} answers GET only"))
+            refuse(flow, AmbassadorError("bad_request", f"{path} answers GET only"))
         else:
             flow.response = answer(flow)

@@ -18,6 +18,16 @@ def json_response(status: int, payload, headers: dict[str, str] | None = None) -
     return http.Response.make(status, json.dumps(payload, separators=(",", ":")).encode(), {"Content-Type": "application/json", **(headers or {})})
 
 
+def refuse(flow: http.HTTPFlow, error: AmbassadorError) -> None:
+    """Answer `flow` with the ambassador's own error, its reason kept on the flow for the log
+    line, mitmweb's comment and marker, and recordings."""
+    flow.response = error_response(error)
+    notes = flow.metadata.setdefault("ambassador", {})
+    notes["reason"] = error.reason
+    if error.upstream:
+        notes.setdefault("upstream", error.upstream)
+
+
 def error_response(error: AmbassadorError) -> http.Response:
     if not error.counted:  # refused before any upstream service handled it
         metrics.count_refusal(error.upstream, error.reason)

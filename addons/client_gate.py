@@ -21,7 +21,7 @@ from typing import NamedTuple, Sequence
 
 from mitmproxy import http
 
-from .answers import error_response
+from .answers import refuse
 from .profile_manager import ProfileManager
 from .errors import AmbassadorError
 from .profile import ADMIN_PREFIX, normal_origin, origin_text
@@ -110,4 +110,4 @@ class ClientGate:
             proxy_host=gateway.routes.for_host(request.host, request.port) is not None,
         )
         if error := refusal(arrival, profile.allowed_origins, profile.allowed_hosts):
-            flow.response = error_response(error)
+            refuse(flow, error)

@@ -13,7 +13,7 @@ import re
 from mitmproxy import ctx, exceptions, http
 
 from .aggregate import AggregateTable, fan_out, query_values
-from .answers import error_response, json_response
+from .answers import refuse, json_response
 from .defaults import body_size_limit
 from .forward import addressed_to_ambassador, attached, detach, to_upstream_request
 from .profile_manager import ProfileManager
@@ -73,7 +73,7 @@ class Aggregates:
             status, document, parts = await fan_out(gateway.services, aggregate, captures, template, query)
         except AmbassadorError as e:
             e.upstream = None  # the aggregate's own problem, not one upstream's
-            flow.response = error_response(e)
+            refuse(flow, e)
             return
         flow.response = json_response(status, document)
         flow.metadata["ambassador"] = {
@@ -107,7 +107,7 @@ class Batch:
                 raise AmbassadorError("bad_request", f"{BATCH_PATH} answers POST only")
             items = parse_batch(flow.request.raw_content or b"", gateway.routes)
         except AmbassadorError as e:
-            flow.response = error_response(e)
+            refuse(flow, e)
             return
         for item in items:
             if isinstance(item, BatchItem):
@@ -133,11 +133,11 @@ class JobEndpoint:
             return
         job_id = path[len(JOBS_PREFIX):]
         if flow.request.method != "GET":
-            flow.response = error_response(AmbassadorError("bad_request", f"{JOBS_PREFIX}{{id}} answers GET only"))
+            refuse(flow, AmbassadorError("bad_request", f"{JOBS_PREFIX}{{id}} answers GET only"))
             return
         job = await self.jobs.lookup(job_id)
         if job is None:
-            flow.response = error_response(AmbassadorError("not_found", f"no job {job_id} (unknown, or its result expired)"))
+            refuse(flow, AmbassadorError("not_found", f"no job {job_id} (unknown, or its result expired)"))
         elif job.running:
             flow.response = json_response(
                 202,
@@ -192,8 +192,7 @@ class RespondAsync:
             job_id = await self.jobs.submit(service, request)
         except AmbassadorError as e:
             e.upstream = name
-            flow.metadata["ambassador"]["reason"] = e.reason
-            flow.response = error_response(e)
+            refuse(flow, e)
             return
         location = f"{JOBS_PREFIX}{job_id}"
         flow.response = json_response(

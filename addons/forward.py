@@ -11,7 +11,7 @@ import weakref
 from mitmproxy import http
 from multidict import CIMultiDict
 
-from .answers import error_response, to_mitm_response
+from .answers import refuse, to_mitm_response
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse, client_request
 from .profile_manager import ProfileManager
@@ -53,7 +53,7 @@ class Router:
     def http_connect(self, flow: http.HTTPFlow) -> None:
         gateway = self.manager.gateway
         if not gateway.routes.for_host(flow.request.host, flow.request.port):
-            flow.response = error_response(no_upstream_matches(flow.request.host, flow.request.port))
+            refuse(flow, no_upstream_matches(flow.request.host, flow.request.port))
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -69,7 +69,7 @@ class Router:
             else:
                 raise no_upstream_matches(request.host, request.port)
         except AmbassadorError as e:
-            flow.response = error_response(e)
+            refuse(flow, e)
             return
         _attached[flow] = (gateway.services[route.upstream.name], route)
         flow.metadata["ambassador"] = {"upstream": route.upstream.name, "upstream_url": str(route.upstream.url.origin + route.path)}
@@ -112,8 +112,7 @@ class Forwarder:
             return
         except AmbassadorError as e:
             e.upstream = e.upstream or service.upstream.name
-            flow.metadata["ambassador"]["reason"] = e.reason
-            flow.response = error_response(e)
+            refuse(flow, e)
         else:
             flow.response = to_mitm_response(answer, flow.request.http_version, service.upstream.name)
         if upstream_request is not None:
@@ -167,4 +166,4 @@ class NoDirectUpstream:
         if flow.response or flow.error or not flow.live:
             return
         log.error("no addon answered %s %s; refusing it", flow.request.method, flow.request.pretty_url)
-        flow.response = error_response(AmbassadorError("internal_error", "the ambassador could not handle this request"))
+        refuse(flow, AmbassadorError("internal_error", "the ambassador could not handle this request"))

@@ -19,7 +19,7 @@ import mitmproxy.proxy.server_hooks  # noqa: F401
 from mitmproxy import hooks, http
 
 from .admin import AdminEndpoints
-from .answers import error_response
+from .answers import refuse
 from .client_gate import ClientGate
 from .client_limits import ClientLimits
 from .compose import Aggregates, Batch, JobEndpoint, RespondAsync
@@ -70,7 +70,7 @@ class AmbassadorAddons:
         if self.manager.gateway is None:
             # Listening, but no profile yet (mitmproxy opens its listeners before it loads
             # scripts), or start-up refused one and the ambassador is about to exit.
-            flow.response = error_response(AmbassadorError("not_ready", "the ambassador has no profile loaded yet"))
+            refuse(flow, AmbassadorError("not_ready", "the ambassador has no profile loaded yet"))
             return None
         return self.requestheaders_hook(flow)
 

@@ -72,3 +72,17 @@ def test_replayed_flow_takes_its_upstream_from_the_recorded_answer():
 def test_a_request_that_waited_for_the_limit_says_how_long():
     exchange = Exchange.of(answered(upstream="billing", attempts=1, waited=1.234), now=101.5)
     assert exchange.comment() == "upstream billing · attempts 1 · waited 1.23s for the limit"
+
+
+def test_a_refusal_carries_its_reason_to_the_comment_and_the_marker():
+    """Refusals made before any upstream (the client gate, routing, admin endpoints) are
+    rendered by `refuse`, which keeps the reason on the flow."""
+    from addons.answers import refuse
+    from addons.errors import AmbassadorError
+
+    flow = tflow.tflow()
+    refuse(flow, AmbassadorError("not_allowed", "Origin https://evil.example is not in allowed_origins"))
+    assert flow.response.status_code == 403
+    exchange = Exchange.of(flow, flow.request.timestamp_start)
+    assert exchange.reason == "not_allowed" and exchange.marker() == ERROR_MARKER
+    assert "answered by the ambassador: not_allowed" in exchange.comment()
