@@ -6,22 +6,20 @@
   `flow.marked` when something unusual happened). The metrics count requests where every door
   leads, in the upstream services (service.py). `ConnectionLog` keeps mitmproxy's connection
   chatter out of that log unless asked for (-v).
-- `AdminCommands` are the mitmproxy commands that force breakers and clear caches.
 
 The observer runs in the `request` hook after the Forwarder, not in `response`: the Save addon
-(`./run.sh record`) writes flows in its `response` hook, before ours, and the recording should
-carry the annotations too.
+(`./run.sh record`) writes flows in its `response` hook, and the recording should carry the
+annotations too.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mitmproxy import command, ctx, exceptions, http
+from mitmproxy import ctx, http
 from prometheus_client.exposition import choose_encoder
 
 from . import metrics
@@ -183,76 +181,3 @@ class ConnectionLog:
     def configure(self, updated) -> None:
         if "termlog_verbosity" in updated:
             self.verbose = ctx.options.termlog_verbosity == "debug"
-
-
-class AdminCommands:
-    """`ambassador.breaker.open|close NAME`, `ambassador.cache.clear [NAME]`.
-
-    mitmproxy commands are synchronous, the stages' operations are not (their state may live
-    in Redis). A command starts a coroutine operation as an eager task: what needs no I/O (a
-    local breaker) is done before the command returns, and a failure then is the command's
-    error; the rest, and operations the stage runs as its own task (cache clear), finish in
-    the background and their outcome is logged.
-    """
-
-    def __init__(self, manager):
-        self.manager = manager
-        self.pending: set[asyncio.Task] = set()
-
-    def _stage(self, name: str, section: str):
-        services = self.manager.gateway.services
-        service = services.get(name)
-        if service is None:
-            raise exceptions.CommandError(f"no upstream {name!r}; the profile has: {', '.join(sorted(services))}")
-        stage = service.stage(section)
-        if stage is None:
-            raise exceptions.CommandError(f"upstream {name!r} has no {section} (no `{section}:` section in its profile)")
-        return stage
-
-    def _run(self, operation: Awaitable, what: str) -> None:
-        if asyncio.iscoroutine(operation):
-            task = asyncio.Task(operation, loop=asyncio.get_running_loop(), eager_start=True)
-        else:
-            task = asyncio.ensure_future(operation)  # a stage that already started its task
-        if task.done():
-            if error := task.exception():
-                raise exceptions.CommandError(f"{what} failed: {error}")
-            log.warning("%s by command", what)
-            return
-        self.pending.add(task)
-        task.add_done_callback(lambda t: self._finished(t, what))
-
-    def _finished(self, task: asyncio.Task, what: str) -> None:
-        self.pending.discard(task)
-        if task.cancelled():
-            return
-        if error := task.exception():
-            log.error("%s by command failed: %s", what, error)
-        else:
-            log.warning("%s by command", what)
-
-    @command.command("ambassador.breaker.open")
-    def breaker_open(self, name: str) -> None:
-        """Open an upstream's circuit breaker now; it half-opens after its reset_timeout as usual."""
-        self._run(self._stage(name, "breaker").force_open(), f"breaker of {name} opened")
-
-    @command.command("ambassador.breaker.close")
-    def breaker_close(self, name: str) -> None:
-        """Close an upstream's circuit breaker and forget its failures."""
-        self._run(self._stage(name, "breaker").force_close(), f"breaker of {name} closed")
-
-    @command.command("ambassador.cache.clear")
-    def cache_clear(self, name: str = "") -> None:
-        """Drop the cached responses of one upstream, or of every upstream without NAME."""
-        if name:
-            caches = {name: self._stage(name, "cache")}
-        else:
-            services = self.manager.gateway.services
-            caches = {n: cache for n, s in services.items() if (cache := s.stage("cache")) is not None}
-            if not caches:
-                raise exceptions.CommandError("no upstream of the profile has a cache")
-        for upstream, cache in sorted(caches.items()):
-            self._run(cache.clear(), f"cache of {upstream} cleared")
-
-    async def done(self) -> None:
-        await asyncio.gather(*self.pending, return_exceptions=True)  # _finished logs the outcomes

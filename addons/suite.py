@@ -28,7 +28,9 @@ from .errors import AmbassadorError
 from .flow_list import AdminFlowsHidden
 from .forward import Forwarder, NoDirectUpstream, Router
 from .jobs import Jobs
-from .operations import AdminCommands, ConnectionLog, ExchangeObserver
+from .breaker_commands import BreakerCommands
+from .cache.commands import CacheCommands
+from .operations import ConnectionLog, ExchangeObserver
 from .profile_manager import ProfileManager
 from .replay import Replay
 from .routing import is_admin_path
@@ -138,6 +140,7 @@ def make_addons() -> list:
         RespondAsync(jobs, manager, flows),
         Forwarder(manager, flows),
         ConnectionLog(),
-        AdminCommands(manager),
+        BreakerCommands(manager),
+        CacheCommands(manager),
         ClientLimits(),
     ]
