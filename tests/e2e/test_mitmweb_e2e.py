@@ -129,3 +129,38 @@ upstreams:
 def comment_of(row) -> str:
     # The column is narrow and the UI truncates it with CSS; textContent is the whole comment.
     return row.find_element(By.CSS_SELECTOR, "td.col-comment").get_attribute("textContent")
+
+
+def test_the_markers_filter_the_flow_list_in_the_ui(tmp_path, browser):
+    """mitmweb's own search box: `~marker arrow_right` the upstream exchanges, `~marker warning`
+    what failed or was degraded, `~marker no_entry` the ambassador's refusals."""
+    from selenium.webdriver.common.keys import Keys
+
+    answers = iter([Reply.json({"error": "busy"}, 503), Reply.json({"ok": 1})])
+    with FakeUpstream(lambda req: next(answers)) as billing:
+        profile = f"upstreams:\n  billing:\n    url: {billing.url}/api\n    match: {{path_prefix: /billing}}\n    retry: {{attempts: 2, backoff: 1ms}}\n"
+        with WebAmbassador(tmp_path, profile) as amb:
+            assert amb.get("/billing/x")[0] == 200
+            assert amb.get("/nothing/here")[0] == 404
+            browser.get(amb.ui_url)
+            WebDriverWait(browser, 30).until(lambda b: len(listed(b)) == 4)
+            search = browser.find_element(By.CSS_SELECTOR, "input[placeholder='Search']")
+
+            def shown_by(flt: str) -> list[str]:
+                search.send_keys(Keys.CONTROL, "a")
+                search.send_keys(Keys.BACKSPACE)
+                search.send_keys(flt)
+                return WebDriverWait(browser, 15).until(lambda b: (rows := listed(b)) and len(rows) < 4 and rows)
+
+            assert [r.endswith("/api/x 200") for r in shown_by("~marker arrow_right")] == [True]
+            assert sorted(shown_by("~marker warning")) == sorted([f"{billing.url}/api/x 503", f"http://127.0.0.1:{amb.port}/billing/x 200"])
+            assert shown_by("~marker no_entry") == [f"http://127.0.0.1:{amb.port}/nothing/here 404"]
+
+
+def listed(browser) -> list[str]:
+    """The flow list's rows as 'URL STATUS'."""
+    rows = []
+    for row in browser.find_elements(By.CSS_SELECTOR, ".flow-table tbody tr:has(td.col-path)"):
+        path = row.find_element(By.CSS_SELECTOR, 'td.col-path').text.strip(' \n⚠⛔➡🔁')
+        rows.append(f"{path} {row.find_element(By.CSS_SELECTOR, 'td.col-status').text}")
+    return rows
