@@ -25,6 +25,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 RUN_SH = ROOT / "run.sh"
 START_TIMEOUT = 30.0
+EARLY_ANSWER_READS_AFTER = 0.3  # seconds a raw upstream that answered early waits before reading on
 
 
 @dataclass
@@ -430,7 +431,10 @@ class KeepAliveRawUpstream:
                 conn.sendall(self.answer(req))
                 with self.answered:
                     self.answered.notify_all()
-                if not self.body_read:  # answered early: the rest is discarded until the peer closes
+                if not self.body_read:
+                    # Answered early, and slow to read the rest (discarded until the peer
+                    # closes): the answer is complete while the request is still being sent.
+                    time.sleep(EARLY_ANSWER_READS_AFTER)
                     while conn.recv(65536):
                         pass
                     return
