@@ -150,8 +150,12 @@ def test_a_port_in_use_stops_run_sh_at_once_naming_it(tmp_path):
 def test_pip_installs_one_package_and_the_command(tmp_path):
     """`pip install .` claims one top-level name, mitm_ambassador, and a mitm-ambassador command."""
     target = tmp_path / "site"
+    # From a copy: setuptools builds in the source folder, and a build/ left there by an earlier
+    # build would hide a package missing from pyproject.toml.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "state", "__pycache__", "node_modules"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(ROOT)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(source)],
         check=True, capture_output=True, timeout=300,
     )
     names = {p.name for p in target.iterdir() if not p.name.endswith(".dist-info")}
