@@ -109,6 +109,27 @@ def head_too_large(buffered: bytes, max_bytes: int) -> bool:
     return len(buffered) > max_bytes and HEAD_END.search(buffered, 0, max_bytes) is None
 
 
+def malformed_head(head: bytes) -> str | None:
+    """What in a complete head mitmproxy would refuse with its own page, not the ambassador's
+    JSON: a control byte in the request line, a byte outside ASCII in an absolute-form target,
+    a control byte, space or non-ASCII byte in a field name. (Field values, obs-fold lines
+    included, reach the client gate.)"""
+    line, *fields = head.split(b"\n")
+    line = line.rstrip(b"\r")
+    if any(b < 0x20 or b == 0x7F for b in line):
+        return "the request line holds a control byte"
+    target = line.split(b" ")[1] if line.count(b" ") >= 2 else b""
+    if not target.startswith(b"/") and not target.isascii():
+        return "the request target holds bytes outside ASCII"
+    for field in fields:
+        if field[:1] in (b" ", b"\t", b"\r", b""):
+            continue  # a continuation line (obs-fold) or the end of the head
+        name = field.split(b":", 1)[0]
+        if any(b <= 0x20 or b >= 0x7F for b in name):
+            return "a header field name holds a control byte, a space or a byte outside ASCII"
+    return None
+
+
 def refusal(error: AmbassadorError) -> bytes:
     """The answer on the wire, rendered like every other answer of the ambassador."""
     response = error_response(error)
@@ -192,6 +213,11 @@ class Guard:
                 error = AmbassadorError("headers_too_large", f"the request's header block exceeds {limits.max_head} bytes (ambassador_max_head)")
                 yield commands.Log(f"{human.format_address(layer.conn.peername)}: header block over {limits.max_head} bytes refused")
                 yield from self.refuse(layer, error)
+                return
+        if isinstance(event, events.DataReceived) and (end := HEAD_END.search(buffered := bytes(layer.buf))) is not None:
+            if problem := malformed_head(buffered[: end.start()]):
+                yield commands.Log(f"{human.format_address(layer.conn.peername)}: {problem}; refused")
+                yield from self.refuse(layer, AmbassadorError("bad_request", f"malformed request: {problem}"))
                 return
         yield from self.original_read_headers(layer, event)
         if layer.state == layer.read_headers and layer.buf and getattr(layer, "head_clock_of", None) != layer.stream_id:

@@ -313,3 +313,20 @@ def test_http2_header_lists_are_bounded_by_h2_itself():
             cmds = list(layer.handle_event(events.DataReceived(client, peer.data_to_send())))
             assert closed(cmds) is refused
             assert any(isinstance(e, RequestHeaders) for e in received(cmds)) is not refused
+
+
+@pytest.mark.parametrize("head, refused", [
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nX-A: b", False),
+    (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a", False),  # raw UTF-8 in a path: the path guard's to judge
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nX-A: caf\xe9", False),  # obs-text in a value passes
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nX-A: a\r\n folded", False),  # obs-fold: the client gate refuses it
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nX\x01A: a", True),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nX A: a", True),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nCaf\xc3\xa9: a", True),
+    (b"GET /x\x01 HTTP/1.1\r\nHost: a", True),
+    (b"GET http://a/caf\xc3\xa9 HTTP/1.1\r\nHost: a", True),
+])
+def test_what_mitmproxy_would_refuse_with_its_own_page_is_found_first(head, refused):
+    from addons.client_limits import malformed_head
+
+    assert (malformed_head(head) is not None) is refused
