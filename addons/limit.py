@@ -29,10 +29,11 @@ from typing import Callable
 from . import metrics
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
-from .pacing import Pace, PaceState, Refusal, initial, paused, refusal, take, upstream_pause, wait_for
+from .pacing import Pace, PaceState, Refusal, advanced, initial, paused, refusal, take, upstream_pause, wait_for, written
 from .profile import LimitPolicy, Upstream
 from .shared_limit import SharedPace
 from .shared_state import SharedStateUnavailable
+from .transport import request_written
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,22 @@ log = logging.getLogger(__name__)
 SHARED_RETRY = 2.0
 # A wait shorter than this is not worth reporting on the client's flow.
 NOTICEABLE_WAIT = 0.001
+
+
+class OnWire:
+    """Called when a started request is written to the upstream (or ends without being)."""
+
+    __slots__ = ("stage", "held_as", "pending")
+
+    def __init__(self, stage: LimitStage, held_as: str | None):
+        self.stage = stage
+        self.held_as = held_as
+        self.pending = True
+
+    def __call__(self) -> None:
+        if self.pending:
+            self.pending = False
+            self.stage.written(self.held_as)
 
 
 def _iso(when: float) -> str:
@@ -74,14 +91,18 @@ class LimitStage:
 
     async def __call__(self, request: UpstreamRequest, call_next) -> UpstreamResponse:
         arrived = time.monotonic()
-        await self.acquire(request)
+        held_as = await self.acquire(request)
         waited = time.monotonic() - arrived
         self.wait_histogram.observe(waited)
         if waited >= NOTICEABLE_WAIT:  # tries share the notes: report the total
             request.notes["waited"] = round(request.notes.get("waited", 0.0) + waited, 3)
+        on_wire = OnWire(self, held_as)
+        signal = request_written.set(on_wire)
         try:
             response = await call_next(request)
         finally:
+            request_written.reset(signal)
+            on_wire()  # one that never reached the wire (no connection, cancelled) counts as sent now
             self.release()
         if self.policy.follow_upstream:
             until = upstream_pause(response.status, response.headers, time.time())
@@ -94,13 +115,14 @@ class LimitStage:
     def slot_free(self) -> bool:
         return self.policy.concurrency is None or self.in_flight < self.policy.concurrency
 
-    async def acquire(self, request: UpstreamRequest) -> None:
-        """Return when the request may start (its token and quota taken, a slot held)."""
+    async def acquire(self, request: UpstreamRequest) -> str | None:
+        """Return when the request may start (its token and quota taken, a slot held): the
+        name it is held under in the shared state until written, None when paced alone."""
         if not self.queue and self.slot_free():
-            wait = await self.take()
+            wait, held_as = await self.take()
             if wait == 0:
                 self.in_flight += 1
-                return
+                return held_as
         else:
             wait = wait_for(self.pace, self.state, time.time(), ahead=len(self.queue))
         time_left = self.deadline_of(request) - time.monotonic()
@@ -121,13 +143,14 @@ class LimitStage:
                         self.slot_freed = asyncio.get_running_loop().create_future()
                     await self.wait(self.slot_freed, give_up_at)
                     continue
-                wait = await self.take()
+                wait, held_as = await self.take()
                 if wait == 0:
                     break
                 if time.monotonic() + wait > give_up_at:
                     raise self.refuse(Refusal(f"it would wait {wait:.3g}s more, past its max_wait or timeout", math.ceil(wait)))
                 await asyncio.sleep(wait)
             self.in_flight += 1
+            return held_as
         finally:
             self.waiting_gauge.dec()
             head = self.queue[0] is turn
@@ -142,6 +165,13 @@ class LimitStage:
         except TimeoutError:
             wait = wait_for(self.pace, self.state, time.time(), ahead=len(self.queue) - 1)
             raise self.refuse(Refusal("its turn did not come within its max_wait or timeout", math.ceil(wait))) from None
+
+    def written(self, held_as: str | None) -> None:
+        """A request started here reached the wire: the bucket may refill over its place."""
+        if held_as is None:
+            self.state = written(self.pace, self.state, time.time())
+        else:
+            self.in_background(self.sent(held_as))
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -165,36 +195,47 @@ class LimitStage:
             return False
         return self.shared_down_until is None or time.monotonic() >= self.shared_down_until
 
-    async def take(self) -> float:
-        """Take a token and one of the quota now (0.0), or the seconds to wait (nothing taken)."""
+    async def take(self) -> tuple[float, str | None]:
+        """Take a token and one of the quota now (0.0), or the seconds to wait (nothing taken);
+        and the name the request is held under in the shared state (None: paced alone)."""
         if self.using_shared():
+            held_as = self.shared.name()
             # A task of its own: a client going away must not leave a token taken in Redis unused.
-            task = asyncio.get_running_loop().create_task(self.shared.take())
+            task = asyncio.get_running_loop().create_task(self.shared.take(held_as))
             try:
                 self.state, wait = await asyncio.shield(task)
             except SharedStateUnavailable as e:
                 self.shared_lost(e)
             except asyncio.CancelledError:
-                task.add_done_callback(self.give_back_if_taken)
+                task.add_done_callback(lambda task: self.give_back_if_taken(task, held_as))
                 raise
             else:
                 self.shared_reached()
-                return wait
+                return wait, held_as
         self.state, wait = take(self.pace, self.state, time.time())
-        return wait
+        return wait, None
 
-    def give_back_if_taken(self, task: asyncio.Task) -> None:
+    def give_back_if_taken(self, task: asyncio.Task, held_as: str) -> None:
         if task.cancelled() or task.exception() is not None:
             return
         state, wait = task.result()
         if wait == 0:
-            pending = asyncio.get_running_loop().create_task(self.give_back(state.window_start))
-            self.pending.add(pending)
-            pending.add_done_callback(self.pending.discard)
+            self.in_background(self.give_back(held_as, state.window_start))
 
-    async def give_back(self, window_start: float) -> None:
+    def in_background(self, operation) -> None:
+        pending = asyncio.get_running_loop().create_task(operation)
+        self.pending.add(pending)
+        pending.add_done_callback(self.pending.discard)
+
+    async def give_back(self, held_as: str, window_start: float) -> None:
         try:
-            self.state = await self.shared.give_back(window_start)
+            self.state = await self.shared.give_back(held_as, window_start)
+        except SharedStateUnavailable as e:
+            self.shared_lost(e)
+
+    async def sent(self, held_as: str) -> None:
+        try:
+            self.state = await self.shared.sent(held_as)
         except SharedStateUnavailable as e:
             self.shared_lost(e)
 
@@ -228,7 +269,7 @@ class LimitStage:
         state = self.state
         report: dict = {"waiting": len(self.queue), "in_flight": self.in_flight}
         if self.policy.rate is not None:
-            tokens = min(float(self.policy.burst), state.tokens + max(0.0, now - state.at) * self.policy.rate)
+            tokens = advanced(self.pace, state, now).tokens
             report["rate"] = {"per_second": self.policy.rate, "burst": self.policy.burst, "tokens": round(tokens, 2)}
         if self.policy.quota is not None:
             current = state.window_start <= now < state.window_start + self.pace.window

@@ -5,7 +5,11 @@ time, as `time.time()` or Redis' own clock), so the same rules serve the local l
 mirror of the shared one in Redis, and the unit tests.
 
 - `rate` is a token bucket: `burst` tokens at most, refilled at `rate` a second; a request
-  starting takes one.
+  starting takes one. The partner counts requests when they reach it, not when they start
+  here: a request that started but is not yet written to the wire (`held`; on a busy event
+  loop that can take a while, e.g. while connections are opened) still holds its token's
+  place, so the bucket refills only up to `burst - held`. Tokens plus held requests are then
+  a bucket drained by writes, and the writes in any second stay within `burst + rate`.
 - `quota` is a count per calendar window in UTC (`/m`, `/h`, `/d`): windows start at whole
   minutes, hours and midnights since the Unix epoch, which has no leap seconds.
 - `paused_until` is the upstream's own limit (`follow_upstream`): nothing starts before it.
@@ -45,6 +49,7 @@ class PaceState:
     window_start: float = 0.0
     used: int = 0  # requests started in the window beginning at window_start
     paused_until: float = 0.0
+    held: int = 0  # requests started, not yet written to the wire
 
 
 def initial(pace: Pace, now: float) -> PaceState:
@@ -61,11 +66,11 @@ def advanced(pace: Pace, state: PaceState, now: float) -> PaceState:
         return state
     tokens = state.tokens
     if pace.rate is not None:
-        tokens = min(float(pace.burst), tokens + (now - state.at) * pace.rate)
+        tokens = min(float(pace.burst - state.held), tokens + (now - state.at) * pace.rate)
     start = window_start(pace, now)
     used = state.used if start == state.window_start else 0
     # The constructor, not dataclasses.replace: this runs for every request.
-    return PaceState(tokens, now, start, used, state.paused_until)
+    return PaceState(tokens, now, start, used, state.paused_until, state.held)
 
 
 def wait_for(pace: Pace, state: PaceState, now: float, ahead: int = 0) -> float:
@@ -77,7 +82,7 @@ def wait_for(pace: Pace, state: PaceState, now: float, ahead: int = 0) -> float:
     start = max(now, state.paused_until)
     needed = ahead + 1
     if pace.rate is not None:
-        tokens = min(float(pace.burst), state.tokens + (start - now) * pace.rate)
+        tokens = min(float(pace.burst - state.held), state.tokens + (start - now) * pace.rate)
         if tokens < needed:
             start += (needed - tokens) / pace.rate
     if pace.quota is not None and state.used + needed > pace.quota:
@@ -95,7 +100,14 @@ def take(pace: Pace, state: PaceState, now: float) -> tuple[PaceState, float]:
     if wait > 0:
         return state, wait
     tokens = state.tokens - 1 if pace.rate is not None else state.tokens
-    return PaceState(tokens, state.at, state.window_start, state.used + 1, state.paused_until), 0.0
+    return PaceState(tokens, state.at, state.window_start, state.used + 1, state.paused_until, state.held + 1), 0.0
+
+
+def written(pace: Pace, state: PaceState, now: float) -> PaceState:
+    """A started request reached the wire at `now`: its place in the bucket is free to refill
+    from then on (refilled up to that moment as if it were still held)."""
+    state = advanced(pace, state, now)
+    return PaceState(state.tokens, state.at, state.window_start, state.used, state.paused_until, max(0, state.held - 1))
 
 
 def paused(state: PaceState, until: float) -> PaceState:

@@ -10,6 +10,8 @@ import asyncio
 import base64
 import logging
 import ssl
+from contextvars import ContextVar
+from typing import Callable
 from urllib.parse import quote, quote_plus
 
 import aiohttp
@@ -30,6 +32,20 @@ log = logging.getLogger(__name__)
 NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # How long to wait for a TLS server to refuse a probe handshake (see refused_handshake).
 TLS_PROBE_WAIT = 0.5
+
+# Set by a stage that must know when its request reaches the wire (limit: a paced request
+# holds its token's place until then, however long opening a connection takes); called as the
+# request is written, and perhaps again (it must not mind).
+request_written: ContextVar[Callable[[], None] | None] = ContextVar("ambassador_request_written", default=None)
+
+
+class SignallingRequest(aiohttp.ClientRequest):
+    """aiohttp's request, telling `request_written` when it is written to a connection."""
+
+    async def send(self, conn):
+        if (written := request_written.get()) is not None:
+            written()
+        return await super().send(conn)
 
 
 class Transport:
@@ -57,6 +73,7 @@ class Transport:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=GuardedConnector(self.upstream.name, ssl=self.ssl, limit=512, keepalive_timeout=30),
+                request_class=SignallingRequest,
                 auto_decompress=False,
                 skip_auto_headers=NO_AUTO_HEADERS,
                 cookie_jar=aiohttp.DummyCookieJar(),

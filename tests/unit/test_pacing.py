@@ -5,20 +5,38 @@ import calendar
 import pytest
 from multidict import CIMultiDict
 
-from addons.pacing import Pace, initial, paused, refusal, take, upstream_pause, wait_for
+from addons.pacing import Pace, initial, paused, refusal, take, upstream_pause, wait_for, written
 from addons.retry import RetryBudget, retry_allowed
 
 T0 = 1_800_000_000.0  # a wall-clock time, seconds
 
 
 def starts(pace, state, times):
-    """Which of `times` (in order) a request asking then may start; the state after."""
+    """Which of `times` (in order) a request asking then may start (and is written to the
+    wire at once); the state after."""
     started = []
     for now in times:
         state, wait = take(pace, state, now)
         if wait == 0:
             started.append(now)
+            state = written(pace, state, now)
     return started, state
+
+
+def writes_in_any_second(pace, events):
+    """Run `events` (time, "ask" | "write") through the bucket, writes in order of start:
+    the most writes in any one-second window."""
+    state, held, writes = initial(pace, events[0][0]), [], []
+    for now, what in events:
+        if what == "ask":
+            state, wait = take(pace, state, now)
+            if wait == 0:
+                held.append(now)
+        elif held:
+            held.pop(0)
+            state = written(pace, state, now)
+            writes.append(now)
+    return max(sum(1 for t in writes if start <= t < start + 1) for start in writes)
 
 
 def test_a_bucket_lets_burst_start_at_once_then_the_rate():
@@ -31,9 +49,38 @@ def test_a_bucket_lets_burst_start_at_once_then_the_rate():
     assert wait == 0
 
 
+def test_a_started_request_holds_its_place_until_it_is_written():
+    pace = Pace(rate=50.0, burst=5)
+    state = initial(pace, T0)
+    for _ in range(5):
+        state, wait = take(pace, state, T0)
+        assert wait == 0
+    assert state.held == 5
+    # The five are not on the wire yet (connections still opening): a second on, the bucket
+    # has not refilled over them, and nobody else may start.
+    assert take(pace, state, T0 + 1)[1] > 0
+    for _ in range(5):
+        state = written(pace, state, T0 + 1)
+    assert state.held == 0 and state.tokens == 0
+    # From the writes on, the rate as usual.
+    assert wait_for(pace, state, T0 + 1) == pytest.approx(0.02)
+    assert wait_for(pace, state, T0 + 1.1) == 0
+
+
+def test_writes_delayed_by_a_stall_do_not_bunch_with_the_next_ones():
+    """Five start at once and reach the wire only after a 300 ms stall of the event loop;
+    the requests waiting meanwhile ask every 20 ms. Charging tokens at the start alone would
+    let five more go at the end of the stall, together with the five delayed ones."""
+    pace = Pace(rate=50.0, burst=5)
+    events = [(T0, "ask")] * 5 + [(T0 + 0.3, "write")] * 5
+    events += [(T0 + 0.3 + i * 0.004, what) for i in range(1, 500) for what in ("ask", "write")]
+    assert writes_in_any_second(pace, events) <= 55
+
+
 def test_a_refused_take_uses_nothing():
     pace = Pace(rate=1.0, burst=1, quota=5, window=60)
     state, _ = take(pace, initial(pace, T0), T0)
+    state = written(pace, state, T0)
     after, wait = take(pace, state, T0 + 0.5)
     assert wait == pytest.approx(0.5)
     assert after.used == 1 and after.tokens == pytest.approx(0.5)
