@@ -109,7 +109,7 @@ class Configuration:
     upstream: str  # "fast" (nginx, or its Python stand-in) or "slow" (SLOW_DELAY per answer)
     connections: int
     target: float  # the least paired candidate/reference ratio of requests per second that passes
-    reference: BareMitmdump
+    reference: BareMitmdump | Ambassador
     candidate: Ambassador
     needs: frozenset[str] = frozenset()  # pipeline stages the candidate's profile must build
 
@@ -140,6 +140,10 @@ upstreams:
     cache: {ttl: 1h}
 """
 
+# Every request takes a token, holds its place until written and counts against concurrency,
+# yet never waits: what pacing costs an upstream that is not at its limit.
+LIMIT_NEVER_BINDS = ROUTING_ONLY + "    limit: {rate: 1000000/s, burst: 1000000, concurrency: 100000}\n"
+
 CONFIGURATIONS = [
     Configuration(
         "routing-only", "routing-only profile vs bare mitmdump, fast upstream (nginx serving a 1 KiB file)",
@@ -159,6 +163,13 @@ CONFIGURATIONS = [
         reference=BareMitmdump("mitmdump + memory addon", script=BENCH / "answer_from_memory.py", answer_from="/cacheable/file"),
         candidate=Ambassador(CACHED),
         needs=frozenset({"cache"}),
+    ),
+    Configuration(
+        "limit-never-binds", "routing + a `limit` that never binds vs the same profile without it, fast upstream",
+        upstream="fast", connections=16, target=0.95,
+        reference=Ambassador(ROUTING_ONLY, label="ambassador without limit", path="/api/file"),
+        candidate=Ambassador(LIMIT_NEVER_BINDS),
+        needs=frozenset({"limit"}),
     ),
     Configuration(
         "slow-upstream", f"routing-only profile vs bare mitmdump, upstream answering after {SLOW_DELAY * 1000:.0f} ms, 100 clients",
