@@ -78,6 +78,14 @@ class Switch:
         return self.reply
 
 
+SERVER_POLL = 0.02  # seconds
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # a burst of concurrent connections is not dropped (5 by default)
+
+
 class FakeUpstream:
     """A real HTTP/1.1 server on 127.0.0.1 playing a legacy or partner service."""
 
@@ -129,11 +137,11 @@ class FakeUpstream:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_one
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # Polled often: stopping waits for the next poll, and tests stop many servers.
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(SERVER_POLL,), daemon=True)
 
     def __enter__(self) -> "FakeUpstream":
         self.thread.start()

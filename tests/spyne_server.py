@@ -118,7 +118,7 @@ class SpyneService:
 
     def __enter__(self) -> "SpyneService":
         self.server = make_server("127.0.0.1", 0, self, handler_class=QuietHandler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
