@@ -26,7 +26,7 @@ from . import shared_redis
 from .shared_state import REDIS_TIMEOUT, SharedStateUnavailable
 
 
-# ARGV: op (take | peek | give | pause), tokens per ms (0: no rate), burst, quota (0: none),
+# ARGV: op (take | peek | give | pause | resume), tokens per ms (0: no rate), burst, quota (0: none),
 # quota window in ms, then for give: the window start (ms) of the take; for pause: until (ms,
 # Redis clock). Returns {wait ms, tokens, used, window start ms, paused until ms, now ms}.
 SCRIPT = """
@@ -50,6 +50,8 @@ if op == 'give' then
   if tonumber(ARGV[6]) == win and used > 0 then used = used - 1 end
 elseif op == 'pause' then
   pause = math.max(pause, tonumber(ARGV[6]))
+elseif op == 'resume' then
+  pause = 0
 end
 local wait = 0
 if pause > now then wait = pause - now end
@@ -114,6 +116,10 @@ class SharedPace:
 
     async def pause(self, until: float) -> PaceState:
         return (await self.run("pause", round((until - self.offset) * 1000)))[0]
+
+    async def resume(self) -> PaceState:
+        """End the pause for every instance."""
+        return (await self.run("resume"))[0]
 
     async def close(self) -> None:
         await self.client.aclose()
