@@ -18,7 +18,7 @@ from addons.failover import Failover
 from addons.exchange import UpstreamRequest
 from addons.fallback import Fallback
 from addons.hedge import Hedge
-from addons.limit import Limit
+from addons.limit import Limit, limit_stage
 from addons.profile_manager import ProfileManager
 from addons.replay import Recording
 from addons.retry import Retry
@@ -285,3 +285,26 @@ def test_limit_resume_refuses_an_upstream_that_cannot_pause(tmp_path):
             tctx.command(limit.limit_resume, "open")
         with pytest.raises(exceptions.CommandError, match="follow_upstream: false"):
             tctx.command(limit.limit_resume, "deaf")
+
+
+@in_loop
+async def test_limit_resume_ends_the_pause_for_every_instance_sharing_the_state(tmp_path, redis):
+    shared = LIMITED.replace("upstreams:", f"state: {redis.url}\nupstreams:", 1)
+    manager = ProfileManager()
+    limit = Limit(manager)
+    with taddons.context(manager, limit) as tctx:
+        tctx.configure(manager, ambassador_profile=write(tmp_path, shared))
+        service = manager.gateway.services["partner"]
+        # Another instance of the ambassador, sharing the upstream's limit through Redis.
+        other = limit_stage(service.upstream, redis.url, service.deadline_of)
+        try:
+            await other.pause(time.time() + 20)
+            assert (await service.stage("limit").take()) > 10  # this instance sees the pause too
+
+            tctx.command(limit.limit_resume, "partner")
+            await limit.done()  # the command's Redis update, which it runs in the background
+            assert await other.take() == 0
+            assert other.status()["paused_until"] is None
+        finally:
+            await other.close()
+            await service.close()
