@@ -5,7 +5,7 @@ Option `ambassador_<section>` (e.g. `ambassador_cache`, default true) applies th
 editor, `--set` or a script: to see each request reach the upstream while debugging, say. The
 gateway keeps the set of switched-off sections and each upstream's service computes its chain
 of stages once per change (service.py), so a switch costs nothing per request; the stages are
-kept with their state (breaker counts, cached entries) for when the section is switched on again.
+kept with their state (breaker counts, cached entries, a limit's tokens) for when the section is switched on again.
 """
 
 from __future__ import annotations
