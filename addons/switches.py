@@ -10,7 +10,11 @@ kept with their state (breaker counts, cached entries, a limit's tokens) for whe
 
 from __future__ import annotations
 
+import logging
+
 from mitmproxy import ctx
+
+log = logging.getLogger("ambassador")
 
 
 class FeatureSwitch:
@@ -36,6 +40,11 @@ class FeatureSwitch:
         )
 
     def configure(self, updated) -> None:
-        if self.option not in updated or self.manager.gateway is None:
+        gateway = self.manager.gateway
+        if self.option not in updated or gateway is None:
             return  # a new profile's gateway takes the switched-off sections over from the one it replaces
-        self.manager.gateway.switch(self.section, getattr(ctx.options, self.option))
+        on = getattr(ctx.options, self.option)
+        if on == (self.section not in gateway.switched_off):
+            return  # as it is (start-up with the default, or the same value set again)
+        gateway.switch(self.section, on)
+        log.warning("%s sections %s for every upstream", self.section, "applied again" if on else "switched off")

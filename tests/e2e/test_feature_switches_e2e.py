@@ -104,7 +104,9 @@ def test_a_switch_flipped_in_mitmweb_applies_at_once_and_keeps_the_cache(web):
     assert status == 200 and headers["X-Cache"] == "HIT"
     before = len(catalog.received)
 
+    start = len(amb.lines)
     assert amb.web_request("PUT", "/options", {"ambassador_cache": False})[0] == 200
+    amb.wait_for_log(r"cache sections switched off for every upstream", start=start)
     assert amb.status()["switched_off"] == ["cache"]
     for _ in range(2):
         status, headers, _ = amb.get("/catalog/kept")
