@@ -15,7 +15,8 @@ from .routing import is_admin_path
 class AdminEndpoints:
     """`/_ambassador/...` belongs to the ambassador on every listener: the read-only endpoints
     answered from one table (path -> answer), anything else under the prefix is a 404. Batch
-    and jobs, which talk to upstreams, are addons of their own before this one (compose.py).
+    and jobs, which talk to upstreams, are addons of their own before this one (batch.py,
+    async_replies.py).
 
     Health is answered only once a profile is loaded: before that every request, this one
     included, gets `503 not_ready` at its header block (AmbassadorAddons.requestheaders)."""

@@ -2,7 +2,7 @@
 
 Each part is an ordinary `UpstreamRequest` handed to its upstream's `UpstreamService`, the
 path a direct request takes, so every part gets that upstream's auth, cache, breaker and retry.
-Plain Python; the mitmproxy addon is `compose.Aggregates`.
+The decisions are plain Python; `Aggregates`, at the end, is the mitmproxy addon.
 """
 
 from __future__ import annotations
@@ -15,14 +15,20 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, quote, unquote
 
+from mitmproxy import http
 from multidict import CIMultiDict
 
 from . import bounded
+from .answers import json_response, refuse
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
+from .forward import addressed_to_ambassador, answered, only_path, to_upstream_request
+from .gateway import Gateway
 from .profile import PART_PLACEHOLDER_RE, PLACEHOLDER_RE, QUERY_PLACEHOLDER, Aggregate, Profile
-from .routing import check_no_dot_segments, join_path
+from .profile_manager import ProfileManager
+from .routing import Route, check_no_dot_segments, join_path
 from .service import UpstreamService
+from .upstream_flows import UpstreamFlows
 
 # Parts are decoded to be embedded, so ask upstreams for identity bodies.
 NOT_FORWARDED_TO_PARTS = frozenset({"accept-encoding"})
@@ -200,3 +206,54 @@ async def _run_part(name: str, service: UpstreamService, request: UpstreamReques
     except AmbassadorError as e:
         result.error = e
     return result
+
+
+class Aggregates:
+    """`GET` on an aggregate path of the profile: its parts, requested concurrently, as one JSON."""
+
+    def __init__(self, manager: ProfileManager, flows: UpstreamFlows):
+        self.manager = manager
+        self.flows = flows
+        self.compiled: tuple[Gateway | None, AggregateTable | None] = (None, None)
+
+    def table(self, gateway: Gateway) -> AggregateTable:
+        """Compiled once per loaded profile."""
+        if self.compiled[0] is not gateway:
+            self.compiled = (gateway, AggregateTable(gateway.profile))
+        return self.compiled[1]
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        gateway = self.manager.gateway
+        if answered(flow) or not gateway.profile.aggregates:
+            return
+        request = flow.request
+        if not addressed_to_ambassador(flow, gateway.profile.allowed_hosts):
+            return  # a proxy request (the Router answers it), not one for the ambassador itself
+        found = self.table(gateway).match(only_path(flow))
+        if found is None:
+            return
+        aggregate, captures = found
+        try:
+            if request.method != "GET":
+                raise AmbassadorError("bad_request", f"aggregate {aggregate.template} answers GET only")
+            first = gateway.profile.upstreams[next(iter(aggregate.parts.values())).upstream]
+            template = to_upstream_request(flow, Route(first, request.path))  # the client's headers and timeout
+            self.flows.watch(flow, template, gateway.services)  # the parts are copies of it
+            query = query_values(request.path.partition("?")[2])
+            status, document, parts = await fan_out(gateway.services, aggregate, captures, template, query)
+        except AmbassadorError as e:
+            e.upstream = None  # the aggregate's own problem, not one upstream's
+            refuse(flow, e)
+            return
+        flow.response = json_response(status, document)
+        flow.metadata["ambassador"] = {
+            "aggregate": aggregate.template,
+            "parts": {
+                part.name: {
+                    "upstream": part.upstream,
+                    "status": part.response.status if part.response else part.error.status,
+                    **{k: v for k, v in part.notes.items() if k != "shown_headers"},
+                }
+                for part in parts
+            },
+        }

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 from typing import Callable
 from urllib.parse import quote, quote_plus, unquote_plus
 
+from mitmproxy import command, exceptions
+
+from .commands import UpstreamCommands
 from .exchange import REDACTED, UpstreamRequest, UpstreamResponse
 from .oauth import TokenEndpoint, TokenManager
 from .profile import BasicAuth, BearerAuth, HeaderAuth, OAuth2ClientCredentials, QueryAuth, Upstream
 from .reflected import Secrets, redacted
 from .service import Handler, Stage
 
-
+log = logging.getLogger("ambassador")
 
 def lookalike(name: str) -> str:
     """A header name as frameworks that read headers as variables see it."""
@@ -207,3 +211,20 @@ def auth_stage(upstream: Upstream, deadline_of: Callable[[UpstreamRequest], floa
             endpoint = TokenEndpoint(policy, tls, upstream.name, upstream.proxy)
             return OAuth2Credential(TokenManager(upstream.name, endpoint, upstream.timeout), deadline_of)
     raise TypeError(f"unknown auth policy {upstream.auth!r}")
+
+
+class Auth(UpstreamCommands):
+    """Auth injection as a mitmproxy addon: its command, which makes an upstream's next request
+    fetch a fresh token. The credentials themselves are the `auth` stage's (above)."""
+
+    @command.command("ambassador.auth.refresh")
+    def auth_refresh(self, name: str) -> None:
+        """Drop the token an upstream holds, so that its next request fetches a fresh one."""
+        stage = self._stage(name, "auth")
+        if not isinstance(stage, OAuth2Credential):
+            raise exceptions.CommandError(
+                f"upstream {name!r} sends a fixed credential from its profile, not a token: there is nothing to refresh"
+            )
+        if not stage.tokens.forget():
+            raise exceptions.CommandError(f"upstream {name!r} holds no token yet: its next request fetches one")
+        log.warning("token of %s dropped by command; the next request fetches a fresh one", name)

@@ -4,8 +4,8 @@ Each item is routed like a request of its own: by `path`, as a request addressed
 ambassador (`match.path_prefix`), or by `url`, as a proxy request to a `match.host` upstream.
 It is handed to its upstream's service, so it gets that upstream's policies. Only a batch that
 is no list of item objects, or is too large, is refused whole; any other problem is the answer
-in that item's slot, and the other items still run. Plain Python; the mitmproxy addon is
-`compose.Batch`.
+in that item's slot, and the other items still run. The decisions are plain Python; `Batch`,
+at the end, is the mitmproxy addon.
 """
 
 from __future__ import annotations
@@ -17,20 +17,27 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from mitmproxy import http
 from multidict import CIMultiDict
 
 from . import bounded
 from .aggregate import NOT_FORWARDED_TO_PARTS, answer_of, decoded_body, is_json_type, json_value
+from .answers import json_response, refuse
 from .client_gate import REFUSED_METHODS
+from .defaults import body_size_limit
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse, client_request
+from .forward import answered, only_path
 from .profile import ADMIN_PREFIX, HTTP_METHODS
+from .profile_manager import ProfileManager
 from .routing import Route, RouteTable, is_admin_path, no_upstream_matches
 from .service import UpstreamService
+from .upstream_flows import UpstreamFlows
 
+BATCH_PATH = f"{ADMIN_PREFIX}/batch"
 MAX_ITEMS = 100
 MAX_BODY = 1024 * 1024  # bytes of the whole batch document
-# The items' bodies together, when mitmproxy's body_size_limit (which compose.Batch passes on)
+# The items' bodies together, when mitmproxy's body_size_limit (which the Batch addon passes on)
 # is unset: mitmproxy run without run.sh.
 MAX_ANSWER = 64 * 1024**2
 ITEM_KEYS = frozenset({"method", "path", "url", "headers", "body"})
@@ -230,3 +237,33 @@ def _slot(answer: UpstreamResponse, body: bytes, upstream: str | None) -> dict:
     if upstream:
         headers["X-Ambassador-Upstream"] = upstream
     return {"status": answer.status, "headers": headers, "body": json_value(answer.headers, body)}
+
+
+class Batch:
+    """`POST /_ambassador/batch`: a JSON list of requests, answered in order."""
+
+    admin_only = True  # acts on `/_ambassador/...` requests only (see AmbassadorAddons)
+
+    def __init__(self, manager: ProfileManager, flows: UpstreamFlows):
+        self.manager = manager
+        self.flows = flows
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if answered(flow) or only_path(flow) != BATCH_PATH:
+            return
+        gateway = self.manager.gateway
+        try:
+            if flow.request.method != "POST":
+                raise AmbassadorError("bad_request", f"{BATCH_PATH} answers POST only")
+            items = parse_batch(flow.request.raw_content or b"", gateway.routes)
+        except AmbassadorError as e:
+            refuse(flow, e)
+            return
+        for item in items:
+            if isinstance(item, BatchItem):
+                self.flows.watch(flow, item.request, gateway.services)
+        flow.response = json_response(200, await run_batch(items, gateway.services, body_size_limit()))
+        # Per item: its upstream, or null for an item answered with an error before routing.
+        flow.metadata.setdefault("ambassador", {})["batch"] = [
+            item.route.upstream.name if isinstance(item, BatchItem) else item.upstream for item in items
+        ]

@@ -1,5 +1,6 @@
 """Commands that act on a feature of one upstream (`ambassador.breaker.open billing`). Each
-feature's addon holds its own commands (breaker_commands.py, cache/commands.py) on this base."""
+feature's addon holds its own commands on this base (auth.py, breaker_addon.py, cache/cache_addon.py,
+limit.py)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
 from .profile import Upstream
 from .routing import join_path
+from .switches import FeatureSwitch
 
 FAILED_REASONS = frozenset({"timeout", "connect_error"})
 URL_HEADER = "X-Ambassador-Upstream-Url"
@@ -106,3 +107,10 @@ class FailoverStage:
             for i, entry in enumerate(urls):
                 entry["breaker"] = self.breakers.url_status(i)
         return {"failovers": self.count, "urls": urls}
+
+
+class Failover(FeatureSwitch):
+    """The failover as a mitmproxy addon: its switch, option `ambassador_failover`."""
+
+    section = "failover"
+    does = "the upstream's other URLs when `url` cannot answer"

@@ -17,6 +17,7 @@ from . import metrics
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
 from .profile import FallbackAnswer
+from .switches import FeatureSwitch
 
 UNUSABLE_REASONS = frozenset({"circuit_open", "timeout", "connect_error"})
 MARK_HEADER = "X-Ambassador-Fallback"
@@ -70,3 +71,10 @@ class FallbackStage:
         if attempts := outcome.headers.get("X-Ambassador-Attempts"):
             headers["X-Ambassador-Attempts"] = attempts
         return UpstreamResponse(self.answer.status, self.reason, headers, body)
+
+
+class Fallback(FeatureSwitch):
+    """The fallback as a mitmproxy addon: its switch, option `ambassador_fallback`."""
+
+    section = "fallback"
+    does = "the profile's answer when the upstream gives none"

@@ -28,6 +28,16 @@ def addressed_to_ambassador(flow: http.HTTPFlow, allowed_hosts: frozenset[str]) 
     return names_ambassador(flow.request.host, flow.request.port, flow.client_conn.sockname[:2], allowed_hosts)
 
 
+def answered(flow: http.HTTPFlow) -> bool:
+    """Whether an addon before this one answered the flow, or it is gone."""
+    return bool(flow.response or flow.error or not flow.live)
+
+
+def only_path(flow: http.HTTPFlow) -> str:
+    """The request's path without its query."""
+    return flow.request.path.split("?", 1)[0]
+
+
 # The route and service a flow was matched to; kept off flow.metadata because metadata is
 # written to flow files and must stay serialisable.
 _attached: weakref.WeakKeyDictionary[http.HTTPFlow, tuple[UpstreamService, Route]] = weakref.WeakKeyDictionary()

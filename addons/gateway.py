@@ -29,6 +29,7 @@ class Gateway:
         self.stats: dict[str, UpstreamStats] = previous.stats if previous else {}
         self.services: dict[str, UpstreamService] = {}
         self.replay: Recording | None = None
+        self.switched_off: frozenset[str] = frozenset()  # sections every upstream runs without
         # Shared state (`state:`) backs the cache and breaker stages: a change rebuilds them all.
         kept = previous.services if previous and previous.profile.state == profile.state else {}
         for name, upstream in profile.upstreams.items():
@@ -42,12 +43,22 @@ class Gateway:
             )
         if previous:
             self.set_replay(previous.replay)
+            self.switch_off(previous.switched_off)
 
     def set_replay(self, recording: Recording | None) -> None:
         """Answer from `recording` instead of the upstreams (None: contact them again)."""
         self.replay = recording
         for service in self.services.values():
             service.set_replay(recording)
+
+    def switch(self, section: str, on: bool) -> None:
+        """Apply the profile's `section` (e.g. "cache") to every upstream again, or no more."""
+        self.switch_off(self.switched_off - {section} if on else self.switched_off | {section})
+
+    def switch_off(self, sections: frozenset[str]) -> None:
+        self.switched_off = sections
+        for service in self.services.values():
+            service.switch_off(sections)
 
     def set_body_limit(self, limit: int | None) -> None:
         for service in self.services.values():
@@ -65,5 +76,6 @@ class Gateway:
     def status(self) -> dict:
         return {
             "profile": str(self.profile.path),
+            "switched_off": sorted(self.switched_off),
             "upstreams": {name: service.status() for name, service in self.services.items()},
         }

@@ -21,6 +21,7 @@ from . import metrics
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
 from .profile import HedgePolicy
+from .switches import FeatureSwitch
 
 # Methods whose request may be sent twice without doing twice what it asks (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -126,3 +127,10 @@ class HedgeStage:
         if isinstance(outcome, AmbassadorError):
             raise outcome
         return outcome
+
+
+class Hedge(FeatureSwitch):
+    """The hedge as a mitmproxy addon: its switch, option `ambassador_hedge`."""
+
+    section = "hedge"
+    does = "a further copy of a slow request"

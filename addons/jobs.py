@@ -5,7 +5,7 @@ Results live in SQLite (`jobs.sqlite3` in the state folder: `$AMBASSADOR_STATE_D
 stopped or crashed before the upstream answered is finished as a `502` with reason
 `job_interrupted`: at shutdown, or when the store is next opened, or at the latest once the
 job has outlived its upstream's timeout. SQLite runs in worker threads (`asyncio.to_thread`).
-Plain Python; the mitmproxy addons are `compose.JobEndpoint` and `compose.RespondAsync`.
+Plain Python; the mitmproxy addons are `async_replies.JobEndpoint` and `async_replies.RespondAsync`.
 """
 
 from __future__ import annotations

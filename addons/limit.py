@@ -19,6 +19,7 @@ the last state Redis gave, and asks Redis again every few seconds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -26,13 +27,17 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Callable
 
+from mitmproxy import command, exceptions
+
 from . import metrics
+from .commands import UpstreamCommands
 from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
 from .pacing import Pace, PaceState, Refusal, advanced, initial, paused, refusal, take, upstream_pause, wait_for, written
 from .profile import LimitPolicy, Upstream
 from .shared_limit import SharedPace
 from .shared_state import SharedStateUnavailable
+from .switches import FeatureSwitch
 from .transport import request_written
 
 log = logging.getLogger(__name__)
@@ -83,7 +88,8 @@ class LimitStage:
         self.queue: deque[asyncio.Future] = deque()
         self.in_flight = 0
         self.slot_freed: asyncio.Future | None = None
-        self.pending: set[asyncio.Task] = set()  # tokens being given back to Redis
+        self.resumed: asyncio.Future | None = None  # set when a command ends the upstream's pause
+        self.pending: set[asyncio.Task] = set()  # Redis updates under way (writes, tokens given back)
         self.waiting_gauge = metrics.LIMIT_WAITING.labels(upstream_name)
         self.wait_histogram = metrics.LIMIT_WAIT.labels(upstream_name)
         self.refused = metrics.LIMIT_REFUSED.labels(upstream_name)
@@ -148,7 +154,7 @@ class LimitStage:
                     break
                 if time.monotonic() + wait > give_up_at:
                     raise self.refuse(Refusal(f"it would wait {wait:.3g}s more, past its max_wait or timeout", math.ceil(wait)))
-                await asyncio.sleep(wait)
+                await self.nap(wait)
             self.in_flight += 1
             return held_as
         finally:
@@ -172,6 +178,12 @@ class LimitStage:
             self.state = written(self.pace, self.state, time.time())
         else:
             self.in_background(self.sent(held_as))
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep `seconds`, or until a command ends the upstream's pause."""
+        if self.resumed is None or self.resumed.done():
+            self.resumed = asyncio.get_running_loop().create_future()
+        await asyncio.wait((self.resumed,), timeout=seconds)
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -249,6 +261,20 @@ class LimitStage:
             except SharedStateUnavailable as e:
                 self.shared_lost(e)
 
+    async def resume(self) -> None:
+        """End the upstream's pause now, here and in the shared state; the head of the queue goes."""
+        try:
+            if self.using_shared():
+                self.state = await self.shared.resume()
+        except SharedStateUnavailable as e:
+            self.shared_lost(e)
+            raise
+        finally:
+            self.state = dataclasses.replace(self.state, paused_until=0.0)
+            self.paused_gauge.set(0)
+            if self.resumed is not None and not self.resumed.done():
+                self.resumed.set_result(None)
+
     def shared_lost(self, error: SharedStateUnavailable) -> None:
         if self.shared_down_until is None:
             log.warning(
@@ -299,3 +325,21 @@ def limit_stage(upstream: Upstream, state_url: str | None, deadline_of: Callable
     if state_url:
         shared = SharedPace.connect(state_url, upstream.name, Pace(policy.rate, policy.burst, policy.quota, policy.quota_window))
     return LimitStage(upstream.name, policy, deadline_of, shared)
+
+
+class Limit(UpstreamCommands, FeatureSwitch):
+    """The limit as a mitmproxy addon: its switch, and its command ending a pause the upstream
+    asked for."""
+
+    section = "limit"
+    does = "requests paced to an upstream's rate, quota and concurrency"
+
+    @command.command("ambassador.limit.resume")
+    def limit_resume(self, name: str) -> None:
+        """End the pause an upstream's own rate-limit answers started (follow_upstream) now."""
+        stage = self._stage(name, "limit")
+        if not stage.policy.follow_upstream:
+            raise exceptions.CommandError(f"upstream {name!r} does not pause at its own rate-limit answers (follow_upstream: false)")
+        if stage.shared is None and stage.state.paused_until <= time.time():
+            raise exceptions.CommandError(f"upstream {name!r} is not paused")
+        self._run(stage.resume(), f"pause of {name} ended")

@@ -302,6 +302,12 @@ class TokenManager:
         self.current = None
         return True
 
+    def forget(self) -> bool:
+        """Drop the current token, so that the next request fetches a fresh one (the
+        `ambassador.auth.refresh` command); False when no token is held."""
+        held, self.current = self.current is not None, None
+        return held
+
     def _fetching(self, observer: Callable[[UpstreamExchange], None] | None) -> asyncio.Task:
         if self.fetch is None:
             self.fetch = asyncio.get_running_loop().create_task(self._fetch(observer))

@@ -20,6 +20,7 @@ from .errors import AmbassadorError
 from .exchange import UpstreamRequest, UpstreamResponse
 from .pacing import RETRY_AFTER_STATUSES, retry_after_seconds
 from .profile import RetryPolicy
+from .switches import FeatureSwitch
 
 RETRIED_REASONS = frozenset({"timeout", "connect_error"})
 BUDGET_PERIOD = 10  # seconds over which retries are weighed against requests
@@ -138,3 +139,10 @@ class RetryBudget:
 def retry_allowed(share: float, requests: int, retries: int, retries_this_second: int) -> bool:
     """One more retry keeps retries within `share` of the requests, or is this second's first."""
     return retries_this_second == 0 or retries + 1 <= share * requests
+
+
+class Retry(FeatureSwitch):
+    """The retry as a mitmproxy addon: its switch, option `ambassador_retry`."""
+
+    section = "retry"
+    does = "failed tries sent again"

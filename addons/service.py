@@ -81,7 +81,8 @@ class UpstreamService:
         self.inflight = 0
         self.retired = False
         self.replay: Recording | None = None  # replaying a recording: the upstream is never contacted
-        self.chain = self.stages  # the stages a request passes (see set_replay)
+        self.switched_off: frozenset[str] = frozenset()  # sections the feature switches turned off
+        self.chain = self.stages  # the stages a request passes (see choose_chain)
         self.stages_to_close = [s for s in self.stages if hasattr(s, "close")]
 
     def stage(self, name: str) -> Stage | None:
@@ -165,7 +166,18 @@ class UpstreamService:
         still run, so the answer reports what happened in replay (cache, breaker, tries); all but
         auth: no credential is needed offline, and a token endpoint is network too."""
         self.replay = recording
-        self.chain = self.stages if recording is None else [s for s in self.stages if s.name != "auth"]
+        self.choose_chain()
+
+    def switch_off(self, sections: frozenset[str]) -> None:
+        """Run without the stages of `sections` (e.g. {"cache"}) until switched on again. The
+        stages are kept, with their state (breaker counts, cached entries, tokens), for then."""
+        self.switched_off = sections
+        self.choose_chain()
+
+    def choose_chain(self) -> None:
+        """The stages a request passes: computed here, once per change, never per request."""
+        skipped = (self.switched_off | {"auth"}) if self.replay is not None else self.switched_off
+        self.chain = [s for s in self.stages if s.name not in skipped] if skipped else self.stages
 
     def replayed(self, request: UpstreamRequest) -> UpstreamResponse:
         answer = self.replay.answer(self.upstream.name, request)

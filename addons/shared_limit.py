@@ -37,7 +37,7 @@ from .shared_state import REDIS_TIMEOUT, SharedStateUnavailable
 # an instance that died with requests in hand come back soon.
 HOLD_LONGEST = 5.0
 
-# KEYS: the state hash, the held set. ARGV: op (take | sent | give | pause), tokens per ms (0:
+# KEYS: the state hash, the held set. ARGV: op (take | sent | give | pause | resume), tokens per ms (0:
 # no rate), burst, quota (0: none), quota window in ms, the longest hold in ms, then for take
 # and sent: the request's name in the held set; for give: that name and the window start (ms)
 # of the take; for pause: until (ms, Redis clock).
@@ -68,6 +68,8 @@ elseif op == 'give' then
   if tonumber(ARGV[8]) == win and used > 0 then used = used - 1 end
 elseif op == 'pause' then
   pause = math.max(pause, tonumber(ARGV[7]))
+elseif op == 'resume' then
+  pause = 0
 end
 local wait = 0
 if pause > now then wait = pause - now end
@@ -145,6 +147,10 @@ class SharedPace:
 
     async def pause(self, until: float) -> PaceState:
         return (await self.run("pause", round((until - self.offset) * 1000)))[0]
+
+    async def resume(self) -> PaceState:
+        """End the pause for every instance."""
+        return (await self.run("resume"))[0]
 
     async def close(self) -> None:
         await self.client.aclose()

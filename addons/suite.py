@@ -19,20 +19,28 @@ import mitmproxy.proxy.server_hooks  # noqa: F401
 from mitmproxy import hooks, http
 
 from .admin import AdminEndpoints
+from .aggregate import Aggregates
 from .answers import refuse
+from .async_replies import JobEndpoint, RespondAsync
+from .auth import Auth
+from .batch import Batch
+from .breaker_addon import Breaker
+from .cache.cache_addon import Cache
 from .client_gate import ClientGate
 from .client_limits import ClientLimits
-from .compose import Aggregates, Batch, JobEndpoint, RespondAsync
 from .defaults import SidecarDefaults
 from .errors import AmbassadorError
+from .failover import Failover
+from .fallback import Fallback
 from .flow_list import AdminFlowsHidden
 from .forward import Forwarder, NoDirectUpstream, Router
+from .hedge import Hedge
 from .jobs import Jobs
-from .breaker_commands import BreakerCommands
-from .cache.commands import CacheCommands
+from .limit import Limit
 from .operations import ConnectionLog, ExchangeObserver
 from .profile_manager import ProfileManager
 from .replay import Replay
+from .retry import Retry
 from .routing import is_admin_path
 from .upstream_flows import UpstreamFlows
 
@@ -121,7 +129,8 @@ def make_addons() -> list:
     """The addons in hook order (NoDirectUpstream and ExchangeObserver follow them, see
     AmbassadorAddons). Addons answering other `/_ambassador/...` paths go before
     AdminEndpoints; addons acting on routed flows go between Router and Forwarder. ClientGate
-    acts first, at the header block, on every request."""
+    acts first, at the header block, on every request. Aggregates, Batch, JobEndpoint and
+    RespondAsync are features with hooks of their own."""
     manager = ProfileManager()
     jobs = Jobs()
     flows = UpstreamFlows()
@@ -140,7 +149,16 @@ def make_addons() -> list:
         RespondAsync(jobs, manager, flows),
         Forwarder(manager, flows),
         ConnectionLog(),
-        BreakerCommands(manager),
-        CacheCommands(manager),
         ClientLimits(),
+        # The features' addons: their options and commands; they have no per-request hook, the
+        # profile's sections are their stages (pipeline.py). After the manager, whose gateway
+        # they switch.
+        Auth(manager),
+        Cache(manager),
+        Breaker(manager),
+        Retry(manager),
+        Limit(manager),
+        Hedge(manager),
+        Failover(manager),
+        Fallback(manager),
     ]

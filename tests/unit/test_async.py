@@ -112,7 +112,7 @@ def test_the_job_limit_is_an_option_of_1000_by_default():
     from mitmproxy import exceptions
     from mitmproxy.test import taddons
 
-    from addons.compose import RespondAsync
+    from addons.async_replies import RespondAsync
     from addons.jobs import Jobs
     from addons.profile_manager import ProfileManager
     from addons.upstream_flows import UpstreamFlows

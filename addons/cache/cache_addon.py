@@ -1,13 +1,18 @@
-"""The cache's command: drop cached answers."""
+"""The cache as a mitmproxy addon: its switch and its command, which drops cached answers.
+The cache itself is the `cache` stage (stage.py)."""
 
 from __future__ import annotations
 
 from mitmproxy import command, exceptions
 
 from ..commands import UpstreamCommands
+from ..switches import FeatureSwitch
 
 
-class CacheCommands(UpstreamCommands):
+class Cache(UpstreamCommands, FeatureSwitch):
+    section = "cache"
+    does = "answers from the HTTP cache"
+
     @command.command("ambassador.cache.clear")
     def cache_clear(self, name: str = "") -> None:
         """Drop the cached responses of one upstream, or of every upstream without NAME."""

@@ -1,13 +1,18 @@
-"""The breaker's commands: force an upstream's circuit breaker open or closed."""
+"""The breaker as a mitmproxy addon: its switch and its commands, which force an upstream's
+circuit breaker open or closed. The breaker itself is the `breaker` stage (breaker.py)."""
 
 from __future__ import annotations
 
 from mitmproxy import command
 
 from .commands import UpstreamCommands
+from .switches import FeatureSwitch
 
 
-class BreakerCommands(UpstreamCommands):
+class Breaker(UpstreamCommands, FeatureSwitch):
+    section = "breaker"
+    does = "circuit breakers refusing attempts while an upstream fails"
+
     @command.command("ambassador.breaker.open")
     def breaker_open(self, name: str) -> None:
         """Open an upstream's circuit breaker now; it half-opens after its reset_timeout as usual."""
