@@ -421,11 +421,11 @@ def test_memory_store_stays_within_max_bytes_under_many_distinct_keys():
     """The accounting counts Python's object overhead, so real memory follows max_bytes."""
 
     async def run():
-        store = MemoryStore(max_bytes=500_000)
+        store = MemoryStore(max_bytes=200_000)
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
-            for i in range(8_000):
+            for i in range(3_000):
                 headers = [("Content-Type", "application/json"), ("Cache-Control", "max-age=60"), ("ETag", f'"{i}"'), ("Vary", "Accept")]
                 entry = entry_for(headers, request_headers=[("Accept", "*/*")], body=b'{"id": %d}' % i)
                 await store.put(f"http://partner.example/v2/items/{i}", [entry], 60)

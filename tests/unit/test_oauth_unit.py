@@ -98,7 +98,7 @@ def test_no_scope_is_sent_when_none_is_configured(idp):
 
 
 def test_refreshed_ahead_of_expiry_in_the_background(idp):
-    idp.expires_in = 3  # renewed from 2.4s on, expires after 3s
+    idp.expires_in = 1.5  # renewed from 1.2s on, expires after 1.5s
 
     async def scenario(tokens):
         first = await tokens.token(within(5))
