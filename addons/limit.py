@@ -87,6 +87,9 @@ class LimitStage:
         self.shared_down_until: float | None = None  # set while pacing alone
         self.queue: deque[asyncio.Future] = deque()
         self.in_flight = 0
+        # Requests asking Redis for a token now: while one does, the others queue behind it
+        # rather than each asking at once (a burst of clients would be a burst on Redis).
+        self.asking = 0
         self.slot_freed: asyncio.Future | None = None
         self.resumed: asyncio.Future | None = None  # set when a command ends the upstream's pause
         self.pending: set[asyncio.Task] = set()  # Redis updates under way (writes, tokens given back)
@@ -124,7 +127,7 @@ class LimitStage:
     async def acquire(self, request: UpstreamRequest) -> str | None:
         """Return when the request may start (its token and quota taken, a slot held): the
         name it is held under in the shared state until written, None when paced alone."""
-        if not self.queue and self.slot_free():
+        if not self.queue and not self.asking and self.slot_free():
             wait, held_as = await self.take()
             if wait == 0:
                 self.in_flight += 1
@@ -214,6 +217,7 @@ class LimitStage:
             held_as = self.shared.name()
             # A task of its own: a client going away must not leave a token taken in Redis unused.
             task = asyncio.get_running_loop().create_task(self.shared.take(held_as))
+            self.asking += 1
             try:
                 self.state, wait = await asyncio.shield(task)
             except SharedStateUnavailable as e:
@@ -224,6 +228,8 @@ class LimitStage:
             else:
                 self.shared_reached()
                 return wait, held_as
+            finally:
+                self.asking -= 1
         self.state, wait = take(self.pace, self.state, time.time())
         return wait, None
 

@@ -4,9 +4,13 @@
 
 1. Precision. REQUESTS concurrent requests through a real ambassador with
    `limit: {rate: 50/s, burst: 5}` to an upstream that notes when each arrives. Reported: the
-   most arrivals in any one-second window (must be at most 55: rate plus burst) and when the
-   last request finished, against the ideal (REQUESTS - burst) / rate (3.9 s for 200; must be
-   within 10%).
+   most arrivals in any one-second window (must be at most 55: rate plus burst); and how long
+   from the first request reaching the upstream to the last answer, against the ideal
+   (REQUESTS - burst) / rate (3.9 s for 200; must be within 10%). The clients' connections
+   are open beforehand (an app's keep-alive pool). Before the first request reaches the
+   upstream, mitmproxy takes in all REQUESTS at once, a few hundred milliseconds here (bare
+   mitmdump alike): reported as `first_arrival_s`, and `last_finished_s` counts from the
+   clients' sending.
 2. The same with two ambassadors sharing a real redis-server (`state: redis://...`), the
    requests split between them.
 3. The stage's own cost, in-process: microseconds per request that a `limit` which never
@@ -72,9 +76,7 @@ def most_in_one_second(times: list[float]) -> int:
 
 async def burst_of(ports: list[int], count: int) -> tuple[float, float, list[int]]:
     """`count` requests at once over connections opened beforehand (an app's keep-alive pool):
-    seconds until the last answer, seconds until the first, and the statuses. Opening `count`
-    connections at once takes mitmproxy itself a moment (bare mitmdump alike); that is not
-    pacing."""
+    when they were sent and when the last answer came (time.monotonic()), and the statuses."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def get(i: int, path: str) -> int:
@@ -84,15 +86,8 @@ async def burst_of(ports: list[int], count: int) -> tuple[float, float, list[int
 
         await asyncio.gather(*(get(i, "/_ambassador/health") for i in range(count)))
         started = time.monotonic()
-        firsts: list[float] = []
-
-        async def one(i: int) -> int:
-            status = await get(i, f"/paced/{i}")
-            firsts.append(time.monotonic())
-            return status
-
-        statuses = await asyncio.gather(*(one(i) for i in range(count)))
-        return time.monotonic() - started, min(firsts) - started, statuses
+        statuses = await asyncio.gather(*(get(i, f"/paced/{i}") for i in range(count)))
+        return started, time.monotonic(), statuses
 
 def precision(folder: Path, requests: int, shared: bool) -> dict:
     arrivals = Arrivals()
@@ -104,21 +99,24 @@ def precision(folder: Path, requests: int, shared: bool) -> dict:
                 (folder / "a").mkdir()
                 (folder / "b").mkdir()
                 with Ambassador(folder / "a", text) as a, Ambassador(folder / "b", text) as b:
-                    elapsed, first, statuses = asyncio.run(burst_of([a.port, b.port], requests))
+                    started, done, statuses = asyncio.run(burst_of([a.port, b.port], requests))
         else:
             with Ambassador(folder, profile(upstream.url, limit)) as a:
-                elapsed, first, statuses = asyncio.run(burst_of([a.port], requests))
+                started, done, statuses = asyncio.run(burst_of([a.port], requests))
     ideal = (requests - BURST) / RATE
     most = most_in_one_second(arrivals.times)
+    first_arrival = min(arrivals.times)
+    paced = done - first_arrival
     return {
         "instances": 2 if shared else 1,
         "answered_200": statuses.count(200),
         "most_in_one_second": most,
-        "first_answered_s": round(first, 3),
-        "last_finished_s": round(elapsed, 3),
+        "first_arrival_s": round(first_arrival - started, 3),
+        "last_finished_s": round(done - started, 3),
+        "paced_s": round(paced, 3),
         "ideal_s": ideal,
-        "off_by": f"{(elapsed - ideal) / ideal:+.1%}",
-        "ok": most <= RATE + BURST and abs(elapsed - ideal) <= 0.1 * ideal and statuses.count(200) == requests,
+        "off_by": f"{(paced - ideal) / ideal:+.1%}",
+        "ok": most <= RATE + BURST and abs(paced - ideal) <= 0.1 * ideal and statuses.count(200) == requests,
     }
 
 
