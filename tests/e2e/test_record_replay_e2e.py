@@ -174,8 +174,8 @@ def test_replay_contacts_no_token_endpoint_either(tmp_path):
     recording.write_bytes(b"")
     with FakeUpstream(lambda req: Reply.json({"access_token": "t", "expires_in": 60})) as idp, FakeUpstream() as api:
         oauth = {"type": "oauth2_client_credentials", "token_url": f"{idp.url}/token", "client_id": "app", "client_secret": "s3cret"}
-        partner = profile(upstream("partner", api.url, path_prefix="/partner", auth=oauth))
-        with Ambassador(tmp_path, partner, command=("replay", str(recording))) as amb:
+        replayed = profile(upstream("partner", api.url, path_prefix="/partner", auth=oauth))
+        with Ambassador(tmp_path, replayed, command=("replay", str(recording))) as amb:
             status, _, body = amb.get("/partner/x")
             assert status == 502 and json.loads(body)["reason"] == "not_recorded"
         assert idp.received == [] and api.received == []
