@@ -29,7 +29,7 @@ def upstreams():
 def amb(upstreams, tmp_path_factory):
     batching = profile(
         upstream("billing", f"{upstreams['billing'].url}/v2", path_prefix="/billing"),
-        upstream("crm", upstreams['crm'].url, path_prefix="/crm", timeout="300ms"),
+        upstream("crm", upstreams["crm"].url, path_prefix="/crm", timeout="300ms"),
         upstream("dead", "http://127.0.0.1:1", path_prefix="/dead"),
         upstream(
             "partner", f"{upstreams['crm'].url}/partner", path_prefix="/partner",
