@@ -35,7 +35,7 @@ class Profile(dict):
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(self.yaml())
+        path.write_text(self.yaml(), encoding="utf-8")
         return path
 
 
