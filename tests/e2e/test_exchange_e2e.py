@@ -1,5 +1,6 @@
 """The upstream exchange through the real ambassador: bodies and headers pass unchanged,
-hop-by-hop fields do not, and failures get the SPEC's answers (sections 2 and 9)."""
+hop-by-hop fields do not, and failures get the ambassador's own JSON errors (error, reason, upstream)
+within the upstream's timeout."""
 
 import gzip
 import json

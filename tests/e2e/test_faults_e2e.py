@@ -1,5 +1,5 @@
 """Faults through the real ambassador: every request ends with the
-upstream's answer or the SPEC's error within its timeout, and the ambassador keeps serving."""
+upstream's answer or the ambassador's JSON error within its timeout, and the ambassador keeps serving."""
 
 import hashlib
 import json
