@@ -38,35 +38,35 @@ def served_by(amb, path="/app/x"):
 
 def test_edit_of_the_loaded_file_is_picked_up(tmp_path, origins):
     one, two = origins
-    profile = tmp_path / "live.yaml"
-    profile_for(one).write(profile)
-    with Ambassador(tmp_path, profile) as amb:
+    live = tmp_path / "live.yaml"
+    profile_for(one).write(live)
+    with Ambassador(tmp_path, live) as amb:
         assert served_by(amb) == "one"
         mark = len(amb.lines)
-        profile_for(two).write(profile)
+        profile_for(two).write(live)
         amb.wait_for_log(r"profile .*live\.yaml loaded", timeout=10, start=mark)
         assert served_by(amb) == "two"
 
 
 def test_broken_edit_is_refused_and_the_running_profile_stays(tmp_path, origins):
     one, _ = origins
-    profile = tmp_path / "live.yaml"
-    profile_for(one).write(profile)
-    with Ambassador(tmp_path, profile) as amb:
+    live = tmp_path / "live.yaml"
+    profile_for(one).write(live)
+    with Ambassador(tmp_path, live) as amb:
         mark = len(amb.lines)
-        profile_for(one, timeout="soon").write(profile)
+        profile_for(one, timeout="soon").write(live)
         m = amb.wait_for_log(r"upstreams\.app\.timeout: must be a duration", timeout=10, start=mark)
-        assert str(profile) in m.string
+        assert str(live) in m.string
         assert "refused" in amb.output and "Traceback" not in amb.output
         assert served_by(amb) == "one"
-        assert amb.status()["profile"] == str(profile)
+        assert amb.status()["profile"] == str(live)
 
 
 def test_requests_in_flight_during_a_swap_complete(tmp_path, origins):
     one, two = origins
-    profile = tmp_path / "live.yaml"
-    profile_for(one).write(profile)
-    with Ambassador(tmp_path, profile) as amb:
+    live = tmp_path / "live.yaml"
+    profile_for(one).write(live)
+    with Ambassador(tmp_path, live) as amb:
         results = []
         slow = threading.Thread(target=lambda: results.append(amb.get_json("/app/slow")))
         slow.start()
@@ -74,7 +74,7 @@ def test_requests_in_flight_during_a_swap_complete(tmp_path, origins):
         while not one.received and time.monotonic() < deadline:
             time.sleep(0.02)  # until the slow request has reached the old upstream
         mark = len(amb.lines)
-        profile_for(two, timeout="4s").write(profile)
+        profile_for(two, timeout="4s").write(live)
         amb.wait_for_log(r"profile .* loaded", timeout=10, start=mark)
         assert served_by(amb) == "two"
         slow.join(10)

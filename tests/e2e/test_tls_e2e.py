@@ -139,20 +139,14 @@ def test_the_token_endpoint_is_trusted_through_the_upstreams_ca(amb, servers):
 
 def test_unusable_certificate_files_stop_startup_with_the_key_path(tmp_path):
     (tmp_path / "not-a-cert.pem").write_text("hello\n")
-    profile = tmp_path / "broken.yaml"
-    profile.write_text("""
-upstreams:
-  partner:
-    url: https://127.0.0.1:9/
-    match: {path_prefix: /p}
-    tls: {client_cert: not-a-cert.pem}
-""")
-    amb = Ambassador(tmp_path, profile)
+    unusable = upstream("partner", "https://127.0.0.1:9/", path_prefix="/p", tls={"client_cert": "not-a-cert.pem"})
+    broken = profile(unusable).write(tmp_path / "broken.yaml")
+    amb = Ambassador(tmp_path, broken)
     with pytest.raises(AssertionError, match="ambassador exited"):
         amb.start()
     assert amb.proc.wait(10) == 2
     assert "upstreams.partner.tls" in amb.output and "Traceback" not in amb.output
-    checked = run_sh("check", str(profile))  # `check` refuses it too, for the same reason
+    checked = run_sh("check", str(broken))  # `check` refuses it too, for the same reason
     assert checked.returncode == 2 and "upstreams.partner.tls: cannot use the certificates" in checked.stderr
 
 
