@@ -2,8 +2,10 @@
 HTTP upstreams on 127.0.0.1.
 
     with FakeUpstream(handler) as up:            # handler(req) -> Reply
-        with Ambassador(tmp_path, profile_yaml) as amb:
+        with Ambassador(tmp_path, profile(upstream("billing", up.url, path_prefix="/billing"))) as amb:
             status, headers, body = amb.get("/billing/x")
+
+(`profile` and `upstream` from profiles.py.)
 """
 
 from __future__ import annotations
