@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from harness import Ambassador, FakeUpstream, raw_exchange
+from harness import Ambassador, FakeUpstream
 from profiles import profile, upstream
 
 HEAD_TIMEOUT = 2.0  # the defaults are 10s (tests/unit/test_client_limits.py); short keeps this fast

@@ -4,7 +4,6 @@ upstream's answer or the ambassador's JSON error within its timeout, and the amb
 import hashlib
 import json
 import socket
-import threading
 import time
 
 import pytest
