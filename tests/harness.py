@@ -2,8 +2,10 @@
 HTTP upstreams on 127.0.0.1.
 
     with FakeUpstream(handler) as up:            # handler(req) -> Reply
-        with Ambassador(tmp_path, profile_yaml) as amb:
+        with Ambassador(tmp_path, profile(upstream("billing", up.url, path_prefix="/billing"))) as amb:
             status, headers, body = amb.get("/billing/x")
+
+(`profile` and `upstream` from profiles.py.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
+
+from profiles import Profile
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_SH = ROOT / "run.sh"
@@ -162,11 +166,15 @@ class FakeUpstream:
 class Ambassador:
     """`./run.sh PROFILE --listen-port PORT` as a subprocess, with its output collected."""
 
-    def __init__(self, tmp_path: Path, profile: str | Path | None, *args: str, command: tuple[str, ...] = (), env: dict | None = None):
-        """`profile`: YAML text, a path, or None for run.sh's default profile."""
+    def __init__(
+        self, tmp_path: Path, profile: Profile | str | Path | None, *args: str, command: tuple[str, ...] = (), env: dict | None = None
+    ):
+        """`profile`: a `profiles.Profile`, YAML text, a path, or None for run.sh's default profile."""
         self.tmp_path = tmp_path
         if profile is None:
             self.profile_path = None
+        elif isinstance(profile, Profile):
+            self.profile_path = profile.write(tmp_path / f"profile-{time.monotonic_ns()}.yaml")
         elif isinstance(profile, str) and "\n" in profile:
             self.profile_path = tmp_path / f"profile-{time.monotonic_ns()}.yaml"
             self.profile_path.write_text(profile)
@@ -315,7 +323,7 @@ class StockTool(Ambassador):
     """mitmproxy's own tool (`mitmdump`, `mitmweb`) with `-s addons/ambassador.py`, as a user
     runs it: from another working directory, without PYTHONPATH, without run.sh."""
 
-    def __init__(self, tmp_path: Path, profile: str | Path | None, *args: str, tool: str = "mitmdump", env: dict | None = None):
+    def __init__(self, tmp_path: Path, profile: Profile | str | Path | None, *args: str, tool: str = "mitmdump", env: dict | None = None):
         super().__init__(tmp_path, profile, *args, env=env)
         confdir = tmp_path / "mitmproxy-conf"
         profile_option = ["--set", f"ambassador_profile={self.profile_path}"] if self.profile_path else []

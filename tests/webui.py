@@ -8,12 +8,13 @@ import secrets
 from pathlib import Path
 
 from harness import ROOT, Ambassador, free_port
+from profiles import Profile
 
 
 class WebAmbassador(Ambassador):
     """`./run.sh web PROFILE` with its UI on a free port; `token` is the UI's auth token."""
 
-    def __init__(self, tmp_path: Path, profile: str | Path, *args: str, **kw):
+    def __init__(self, tmp_path: Path, profile: Profile | str | Path, *args: str, **kw):
         self.web_port = free_port()
         super().__init__(
             tmp_path, profile, "--set", "web_open_browser=false", "--set", f"web_port={self.web_port}", *args,

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from harness import Ambassador, FakeUpstream, Received, Reply
+from profiles import profile, upstream
 
 DELAY = 0.8  # each slow part; the three of them one after the other would take 2.4 s
 
@@ -49,38 +50,26 @@ def upstreams():
 
 @pytest.fixture(scope="module")
 def amb(upstreams, tmp_path_factory):
-    profile = f"""
-upstreams:
-  users:
-    url: {upstreams['users'].url}/api
-    match: {{path_prefix: /users}}
-  orders:
-    url: {upstreams['orders'].url}
-    match: {{path_prefix: /orders}}
-    timeout: 2s
-  notes:
-    url: {upstreams['notes'].url}
-    match: {{path_prefix: /notes}}
-  partner:
-    url: {upstreams['partner'].url}
-    match: {{path_prefix: /partner}}
-    auth: {{type: bearer, token: partner-s3cret}}
-    retry: {{attempts: 3, backoff: 10ms}}
-aggregates:
-  /profile/{{user_id}}:
-    partner: partner:/p/{{user_id}}
-    user: users:/users/{{user_id}}
-  /dashboard/{{user_id}}:
-    user: users:/users/{{user_id}}
-    orders: orders:/orders?user={{user_id}}&limit=5
-    notes: notes:/notes/{{user_id}}
-  /pair/{{a}}/and/{{b}}:
-    first: users:/users/{{a}}
-    second: users:/users/{{b}}
-  /orders-of/{{user_id}}:
-    orders: orders:/orders?user={{user_id}}&page={{query.page}}&sort={{query.sort-by}}
-"""
-    with Ambassador(tmp_path_factory.mktemp("aggregate"), profile) as a:
+    aggregating = profile(
+        upstream("users", f"{upstreams['users'].url}/api", path_prefix="/users"),
+        upstream("orders", upstreams["orders"].url, path_prefix="/orders", timeout="2s"),
+        upstream("notes", upstreams["notes"].url, path_prefix="/notes"),
+        upstream(
+            "partner", upstreams["partner"].url, path_prefix="/partner", auth={"type": "bearer", "token": "partner-s3cret"},
+            retry={"attempts": 3, "backoff": "10ms"},
+        ),
+        aggregates={
+            "/profile/{user_id}": {"partner": "partner:/p/{user_id}", "user": "users:/users/{user_id}"},
+            "/dashboard/{user_id}": {
+                "user": "users:/users/{user_id}",
+                "orders": "orders:/orders?user={user_id}&limit=5",
+                "notes": "notes:/notes/{user_id}",
+            },
+            "/pair/{a}/and/{b}": {"first": "users:/users/{a}", "second": "users:/users/{b}"},
+            "/orders-of/{user_id}": {"orders": "orders:/orders?user={user_id}&page={query.page}&sort={query.sort-by}"},
+        },
+    )
+    with Ambassador(tmp_path_factory.mktemp("aggregate"), aggregating) as a:
         yield a
 
 
@@ -206,19 +195,12 @@ def test_parts_go_through_their_upstreams_policies(amb, upstreams):
 
 
 def test_aggregates_follow_profile_edits(tmp_path, upstreams):
-    before = f"""
-upstreams:
-  users:
-    url: {upstreams['users'].url}/api
-    match: {{path_prefix: /users}}
-aggregates:
-  /one/{{id}}:
-    user: users:/users/{{id}}
-"""
-    with Ambassador(tmp_path, before) as amb:
+    users = upstream("users", f"{upstreams['users'].url}/api", path_prefix="/users")
+    with Ambassador(tmp_path, profile(users, aggregates={"/one/{id}": {"user": "users:/users/{id}"}})) as amb:
         assert amb.get("/one/missing")[0] == 502
         mark = len(amb.lines)
-        amb.profile_path.write_text(before.replace("/one/{id}", "/two/{id}") + "    again: users:/users/x{id}\n")
+        edited = profile(users, aggregates={"/two/{id}": {"user": "users:/users/{id}", "again": "users:/users/x{id}"}})
+        edited.write(amb.profile_path)
         amb.wait_for_log(r"profile .* loaded", timeout=10, start=mark)
         assert amb.get("/one/missing")[0] == 404  # no longer an aggregate, and no route
         status, _, body = amb.get("/two/missing")
@@ -228,17 +210,12 @@ aggregates:
 def test_replay_never_contacts_upstreams_for_aggregates_or_batches(tmp_path, upstreams):
     recording = tmp_path / "empty.flows"
     recording.write_bytes(b"")
-    profile = f"""
-upstreams:
-  users:
-    url: {upstreams['users'].url}/api
-    match: {{path_prefix: /users}}
-aggregates:
-  /one/{{id}}:
-    user: users:/users/{{id}}
-"""
+    replayed = profile(
+        upstream("users", f"{upstreams['users'].url}/api", path_prefix="/users"),
+        aggregates={"/one/{id}": {"user": "users:/users/{id}"}},
+    )
     before = contacts(upstreams)
-    with Ambassador(tmp_path, profile, command=("replay", str(recording))) as amb:
+    with Ambassador(tmp_path, replayed, command=("replay", str(recording))) as amb:
         # Each part and item is answered from the recording, or fails alone as not recorded.
         status, _, body = amb.get("/one/1")
         assert status == 502 and json.loads(body)["_errors"]["user"]["reason"] == "not_recorded"

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from harness import Ambassador, FakeUpstream, Received, Reply
+from profiles import Profile, profile, upstream
 
 PREFER = {"Prefer": "respond-async"}
 
@@ -37,30 +38,17 @@ def service():
         yield slow
 
 
-def profile(up: FakeUpstream) -> str:
-    return f"""
-upstreams:
-  legacy:
-    url: {up.url}/legacy
-    match: {{path_prefix: /legacy}}
-    timeout: 20s
-    async: {{keep: 1h}}
-  brief:
-    url: {up.url}/brief
-    match: {{path_prefix: /brief}}
-    async: {{keep: 1s}}
-  plain:
-    url: {up.url}/plain
-    match: {{path_prefix: /plain}}
-  dead:
-    url: http://127.0.0.1:1
-    match: {{path_prefix: /dead}}
-    async:
-"""
+def async_profile(up: FakeUpstream) -> Profile:
+    return profile(
+        upstream("legacy", f"{up.url}/legacy", path_prefix="/legacy", timeout="20s", async_={"keep": "1h"}),
+        upstream("brief", f"{up.url}/brief", path_prefix="/brief", async_={"keep": "1s"}),
+        upstream("plain", f"{up.url}/plain", path_prefix="/plain"),
+        upstream("dead", "http://127.0.0.1:1", path_prefix="/dead", async_={}),
+    )
 
 
 def ambassador(tmp_path, up) -> Ambassador:
-    return Ambassador(tmp_path, profile(up), env={"AMBASSADOR_STATE_DIR": str(tmp_path / "state")})
+    return Ambassador(tmp_path, async_profile(up), env={"AMBASSADOR_STATE_DIR": str(tmp_path / "state")})
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +165,7 @@ def test_a_crash_while_running_is_reported_as_failed_after_the_restart(tmp_path,
 
 def test_asking_for_a_job_creates_no_state_where_none_was_kept(tmp_path):
     with FakeUpstream() as up:
-        plain = f"upstreams:\n  plain:\n    url: {up.url}\n    match: {{path_prefix: /plain}}\n"
+        plain = profile(upstream("plain", up.url, path_prefix="/plain"))
         with Ambassador(tmp_path, plain, env={"AMBASSADOR_STATE_DIR": str(tmp_path / "state")}) as amb:
             status, _, raw = amb.get("/_ambassador/jobs/AAAAAAAAAAAAAAAAAAAAAA")
             assert (status, json.loads(raw)["reason"]) == (404, "not_found")

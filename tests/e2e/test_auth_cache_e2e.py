@@ -5,6 +5,7 @@ that outer stages look at)."""
 import pytest
 
 from harness import Ambassador, FakeUpstream, Reply
+from profiles import profile, upstream
 
 
 def origin(req):
@@ -16,20 +17,13 @@ def origin(req):
 @pytest.fixture(scope="module")
 def amb(tmp_path_factory):
     with FakeUpstream(origin) as up:
-        profile = f"""
-upstreams:
-  bearer:
-    url: {up.url}
-    match: {{path_prefix: /bearer}}
-    auth: {{type: bearer, token: "s3cret-token"}}
-    cache: {{}}
-  query:
-    url: {up.url}
-    match: {{path_prefix: /query}}
-    auth: {{type: query, name: api_key, value: "s3cret-key"}}
-    cache: {{}}
-"""
-        with Ambassador(tmp_path_factory.mktemp("authcache"), profile) as a:
+        cached = profile(
+            upstream("bearer", up.url, path_prefix="/bearer", auth={"type": "bearer", "token": "s3cret-token"}, cache={}),
+            upstream(
+                "query", up.url, path_prefix="/query", auth={"type": "query", "name": "api_key", "value": "s3cret-key"}, cache={},
+            ),
+        )
+        with Ambassador(tmp_path_factory.mktemp("authcache"), cached) as a:
             yield a, up
 
 

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from harness import Ambassador, FakeUpstream, Received, Reply, echo
+from profiles import profile, upstream
 
 DELAY = 0.6
 
@@ -26,27 +27,17 @@ def upstreams():
 
 @pytest.fixture(scope="module")
 def amb(upstreams, tmp_path_factory):
-    profile = f"""
-upstreams:
-  billing:
-    url: {upstreams['billing'].url}/v2
-    match: {{path_prefix: /billing}}
-  crm:
-    url: {upstreams['crm'].url}
-    match: {{path_prefix: /crm}}
-    timeout: 300ms
-  dead:
-    url: http://127.0.0.1:1
-    match: {{path_prefix: /dead}}
-  partner:
-    url: {upstreams['crm'].url}/partner
-    match: {{path_prefix: /partner}}
-    auth: {{type: header, name: X-Api-Key, value: partner-key}}
-  ledger:
-    url: {upstreams['crm'].url}/books
-    match: {{host: ledger.internal}}
-"""
-    with Ambassador(tmp_path_factory.mktemp("batch"), profile) as a:
+    batching = profile(
+        upstream("billing", f"{upstreams['billing'].url}/v2", path_prefix="/billing"),
+        upstream("crm", upstreams["crm"].url, path_prefix="/crm", timeout="300ms"),
+        upstream("dead", "http://127.0.0.1:1", path_prefix="/dead"),
+        upstream(
+            "partner", f"{upstreams['crm'].url}/partner", path_prefix="/partner",
+            auth={"type": "header", "name": "X-Api-Key", "value": "partner-key"},
+        ),
+        upstream("ledger", f"{upstreams['crm'].url}/books", host="ledger.internal"),
+    )
+    with Ambassador(tmp_path_factory.mktemp("batch"), batching) as a:
         yield a
 
 

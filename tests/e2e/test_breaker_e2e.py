@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from harness import Ambassador, FakeUpstream, Reply, Switch
+from profiles import profile, upstream
 
 RESET = 1.5  # reset_timeout of the profile, seconds
 
@@ -26,16 +27,15 @@ def upstreams():
 
 @pytest.fixture(scope="module")
 def amb(upstreams, tmp_path_factory):
-    profile = "upstreams:\n" + "".join(
-        f"""  {name}:
-    url: {server.url}
-    match: {{path_prefix: /{name}}}
-    timeout: {"500ms" if name in ("hanging", "impatient") else "5s"}
-    breaker: {{fail_max: {2 if name == "impatient" else 3}, reset_timeout: {RESET}s, half_open_max: 2}}
-""" + ("    cache: {ttl: 1s, stale_if_error: 10m}\n" if name == "cached" else "")
-        for name, (_, server) in upstreams.items()
-    )
-    with Ambassador(tmp_path_factory.mktemp("breaker"), profile) as a:
+    def guarded(name: str, server: FakeUpstream) -> dict:
+        sections = {"cache": {"ttl": "1s", "stale_if_error": "10m"}} if name == "cached" else {}
+        return upstream(
+            name, server.url, path_prefix=f"/{name}", timeout="500ms" if name in ("hanging", "impatient") else "5s",
+            breaker={"fail_max": 2 if name == "impatient" else 3, "reset_timeout": RESET, "half_open_max": 2}, **sections,
+        )
+
+    breakers = profile(*(guarded(name, server) for name, (_, server) in upstreams.items()))
+    with Ambassador(tmp_path_factory.mktemp("breaker"), breakers) as a:
         yield a
 
 

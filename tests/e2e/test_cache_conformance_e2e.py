@@ -7,6 +7,7 @@ may not update, Surrogate-Control, byte ranges from stored responses, heuristic 
 import pytest
 
 from harness import Ambassador, Reply
+from profiles import profile, upstream
 from test_cache_e2e import Origin, fixed, http_date
 
 
@@ -19,14 +20,8 @@ def origin():
 
 @pytest.fixture(scope="module")
 def amb(origin, tmp_path_factory):
-    profile = f"""
-upstreams:
-  conf:
-    url: {origin.upstream.url}/conf
-    match: {{path_prefix: /conf}}
-    cache: {{}}
-"""
-    with Ambassador(tmp_path_factory.mktemp("conformance"), profile) as a:
+    conformance = profile(upstream("conf", f"{origin.upstream.url}/conf", path_prefix="/conf", cache={}))
+    with Ambassador(tmp_path_factory.mktemp("conformance"), conformance) as a:
         yield a
 
 

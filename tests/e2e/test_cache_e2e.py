@@ -14,6 +14,7 @@ import time
 import pytest
 
 from harness import Ambassador, FakeUpstream, Received, Reply
+from profiles import profile, upstream
 
 
 class Origin:
@@ -86,31 +87,17 @@ def origin():
 @pytest.fixture(scope="module")
 def amb(origin, tmp_path_factory):
     url = origin.upstream.url
-    profile = f"""
-upstreams:
-  rfc:
-    url: {url}/rfc
-    match: {{path_prefix: /rfc}}
-    cache: {{max_bytes: 4MB}}
-  legacy:
-    url: {url}/legacy
-    match: {{path_prefix: /legacy}}
-    cache: {{ttl: 60s, stale_if_error: 10m}}
-  guarded:
-    url: {url}/guarded
-    match: {{path_prefix: /guarded}}
-    cache: {{stale_if_error: 10m}}
-    breaker: {{fail_max: 1, reset_timeout: 1h}}
-  plain:
-    url: {url}/plain
-    match: {{path_prefix: /plain}}
-  hurried:
-    url: {url}/hurried
-    match: {{path_prefix: /hurried}}
-    timeout: 500ms
-    cache: {{stale_if_error: 10m}}
-"""
-    with Ambassador(tmp_path_factory.mktemp("cache"), profile) as a:
+    caching = profile(
+        upstream("rfc", f"{url}/rfc", path_prefix="/rfc", cache={"max_bytes": "4MB"}),
+        upstream("legacy", f"{url}/legacy", path_prefix="/legacy", cache={"ttl": "60s", "stale_if_error": "10m"}),
+        upstream(
+            "guarded", f"{url}/guarded", path_prefix="/guarded", cache={"stale_if_error": "10m"},
+            breaker={"fail_max": 1, "reset_timeout": "1h"},
+        ),
+        upstream("plain", f"{url}/plain", path_prefix="/plain"),
+        upstream("hurried", f"{url}/hurried", path_prefix="/hurried", timeout="500ms", cache={"stale_if_error": "10m"}),
+    )
+    with Ambassador(tmp_path_factory.mktemp("cache"), caching) as a:
         yield a
 
 

@@ -8,6 +8,7 @@ import time
 import redis as redis_client
 
 from harness import ROOT, Ambassador, FakeUpstream, Received, Reply
+from profiles import Profile, profile, upstream
 from redis_server import RedisServer
 
 
@@ -21,15 +22,8 @@ def count(upstream: FakeUpstream, path: str) -> int:
     return sum(1 for r in upstream.received if r.path == path and r.method == "GET")
 
 
-def profile(url: str, store: str, state: str = "", max_bytes: str = "1MB") -> str:
-    return f"""
-upstreams:
-  stored:
-    url: {url}
-    match: {{path_prefix: /s}}
-    cache: {{store: "{store}", max_bytes: {max_bytes}}}
-{f"state: {state}" if state else ""}
-"""
+def stored_profile(url: str, store: str, state: str | None = None, max_bytes: str = "1MB") -> Profile:
+    return profile(upstream("stored", url, path_prefix="/s", cache={"store": store, "max_bytes": max_bytes}), state=state)
 
 
 # --- sqlite ---------------------------------------------------------------------------------------
@@ -37,12 +31,12 @@ upstreams:
 
 def test_sqlite_store_survives_a_restart(tmp_path):
     with FakeUpstream(cacheable) as origin:
-        text = profile(origin.url, "sqlite:cache/entries.db")
-        with Ambassador(tmp_path, text) as amb:
+        caching = stored_profile(origin.url, "sqlite:cache/entries.db")
+        with Ambassador(tmp_path, caching) as amb:
             assert amb.get("/s/a")[1]["X-Cache"] == "MISS"
             assert amb.get("/s/a")[1]["X-Cache"] == "HIT"
         assert (tmp_path / "cache" / "entries.db").is_file()
-        with Ambassador(tmp_path, text) as amb:
+        with Ambassador(tmp_path, caching) as amb:
             status, headers, body = amb.get("/s/a")
             assert (status, headers["X-Cache"], body) == (200, "HIT", b"body of /a")
             assert amb.status()["upstreams"]["stored"]["cache"]["entries"] == 1
@@ -50,7 +44,7 @@ def test_sqlite_store_survives_a_restart(tmp_path):
 
 
 def test_sqlite_store_under_concurrent_requests(tmp_path):
-    with FakeUpstream(cacheable) as origin, Ambassador(tmp_path, profile(origin.url, "sqlite:c.db")) as amb:
+    with FakeUpstream(cacheable) as origin, Ambassador(tmp_path, stored_profile(origin.url, "sqlite:c.db")) as amb:
         paths = [f"/s/k{i % 10}" for i in range(60)]
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             answers = list(pool.map(amb.get, paths))
@@ -61,8 +55,8 @@ def test_sqlite_store_under_concurrent_requests(tmp_path):
 
 def test_sqlite_file_shared_by_two_processes(tmp_path):
     with FakeUpstream(cacheable) as origin:
-        text = profile(origin.url, "sqlite:shared.db")
-        with Ambassador(tmp_path, text) as a, Ambassador(tmp_path, text) as b:
+        caching = stored_profile(origin.url, "sqlite:shared.db")
+        with Ambassador(tmp_path, caching) as a, Ambassador(tmp_path, caching) as b:
             paths = [f"/s/p{i % 8}" for i in range(48)]
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 answers = list(pool.map(lambda ip: (a if ip[0] % 2 else b).get(ip[1]), enumerate(paths)))
@@ -118,8 +112,8 @@ def cache_keys(origin: FakeUpstream) -> dict[str, str]:
 
 def test_redis_store_is_shared_by_instances_and_expires(tmp_path, redis):
     with FakeUpstream(cacheable) as origin:
-        text = profile(origin.url, "redis", redis.url)
-        with Ambassador(tmp_path, text) as a, Ambassador(tmp_path, text) as b:
+        caching = stored_profile(origin.url, "redis", redis.url)
+        with Ambassador(tmp_path, caching) as a, Ambassador(tmp_path, caching) as b:
             assert a.get("/s/shared")[1]["X-Cache"] == "MISS"
             assert b.get("/s/shared")[1]["X-Cache"] == "HIT"
             assert count(origin, "/shared") == 1
@@ -141,7 +135,7 @@ def test_redis_entries_expire_in_redis(tmp_path, redis):
     def short(req):
         return Reply(200, [("Cache-Control", "max-age=1")], b"short-lived")
 
-    with FakeUpstream(short) as origin, Ambassador(tmp_path, profile(origin.url, "redis", redis.url)) as amb:
+    with FakeUpstream(short) as origin, Ambassador(tmp_path, stored_profile(origin.url, "redis", redis.url)) as amb:
         amb.get("/s/short")
         client = redis_client.Redis.from_url(redis.url)
         stored = cache_keys(origin)
@@ -156,7 +150,7 @@ def test_redis_entries_expire_in_redis(tmp_path, redis):
 
 def test_redis_down_degrades_to_pass_through_with_one_warning(tmp_path):
     with RedisServer(tmp_path) as redis, FakeUpstream(cacheable) as origin:
-        with Ambassador(tmp_path, profile(origin.url, "redis", redis.url)) as amb:
+        with Ambassador(tmp_path, stored_profile(origin.url, "redis", redis.url)) as amb:
             amb.get("/s/x")
             assert amb.get("/s/x")[1]["X-Cache"] == "HIT"
             redis.kill()
@@ -175,7 +169,7 @@ def test_redis_down_degrades_to_pass_through_with_one_warning(tmp_path):
 
 def test_unusable_sqlite_file_degrades_to_pass_through_with_one_warning(tmp_path):
     (tmp_path / "not-a-folder").write_text("a file where the store's folder should be")
-    with FakeUpstream(cacheable) as origin, Ambassador(tmp_path, profile(origin.url, "sqlite:not-a-folder/cache.db")) as amb:
+    with FakeUpstream(cacheable) as origin, Ambassador(tmp_path, stored_profile(origin.url, "sqlite:not-a-folder/cache.db")) as amb:
         for _ in range(3):
             status, headers, body = amb.get("/s/y")
             assert (status, headers["X-Cache"], body) == (200, "MISS", b"body of /y")
@@ -190,8 +184,8 @@ def test_redis_store_keeps_to_max_bytes_across_instances_evicting_the_least_rece
     client = redis_client.Redis.from_url(redis.url)
     client.flushall()
     with FakeUpstream(large) as origin:
-        text = profile(origin.url, "redis", redis.url, max_bytes="64KB")
-        with Ambassador(tmp_path, text) as a, Ambassador(tmp_path, text) as b:
+        caching = stored_profile(origin.url, "redis", redis.url, max_bytes="64KB")
+        with Ambassador(tmp_path, caching) as a, Ambassador(tmp_path, caching) as b:
             for i in range(12):
                 (a if i % 2 else b).get(f"/s/big{i}")
                 if i >= 1:

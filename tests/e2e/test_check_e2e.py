@@ -15,7 +15,7 @@ from profile_corpus import profile
 PROFILES = ROOT / "profiles"
 SHIPPED = sorted(PROFILES.glob("*.yaml"))
 UNSET_VAR = "AMBASSADOR_CHECK_E2E_UNSET"
-STARTUP_LIMIT = 5.0  # SPEC: a profile that fails validation stops start-up within 5 s
+STARTUP_LIMIT = 5.0  # a profile that fails validation must stop start-up within 5 s
 
 
 @pytest.fixture(autouse=True)

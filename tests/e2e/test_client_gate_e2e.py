@@ -10,37 +10,30 @@ from dataclasses import dataclass
 import pytest
 
 from harness import Ambassador, FakeUpstream, echo
+from profiles import Profile, profile, upstream
 
 ALLOWED_ORIGIN = "https://app.example.com"
 ALLOWED_HOST = "ambassador.internal"
 
 
-def profile(app_url: str, key_url: str, origins: str = ALLOWED_ORIGIN) -> str:
-    return f"""\
-upstreams:
-  app:
-    url: {app_url}/base
-    match: {{path_prefix: /app, host: app.internal}}
-  keyed:
-    url: {key_url}
-    match: {{path_prefix: /keyed, host: keyed.internal}}
-    auth: {{type: header, name: X-Api-Key, value: injected-key}}
-  bearer:
-    url: {key_url}
-    match: {{path_prefix: /bearer}}
-    auth: {{type: bearer, token: injected-token}}
-aggregates:
-  /dash/{{id}}:
-    one: app:/one/{{id}}
-allowed_origins: [{origins}]
-allowed_hosts: [{ALLOWED_HOST}]
-"""
+def gated_profile(app_url: str, key_url: str, origins: str = ALLOWED_ORIGIN) -> Profile:
+    return profile(
+        upstream("app", f"{app_url}/base", path_prefix="/app", host="app.internal"),
+        upstream(
+            "keyed", key_url, path_prefix="/keyed", host="keyed.internal",
+            auth={"type": "header", "name": "X-Api-Key", "value": "injected-key"},
+        ),
+        upstream("bearer", key_url, path_prefix="/bearer", auth={"type": "bearer", "token": "injected-token"}),
+        aggregates={"/dash/{id}": {"one": "app:/one/{id}"}},
+        allowed_origins=[origins],
+        allowed_hosts=[ALLOWED_HOST],
+    )
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     with FakeUpstream(echo) as app, FakeUpstream(echo) as keyed:
-        with Ambassador(tmp_path_factory.mktemp("gate"), profile(app.url, keyed.url)) as amb:
+        with Ambassador(tmp_path_factory.mktemp("gate"), gated_profile(app.url, keyed.url)) as amb:
             yield amb, app, keyed
             assert "Traceback" not in amb.output
 
@@ -212,11 +205,11 @@ def test_the_upstream_sees_only_the_injected_credential(setup, path, header, inj
 
 def test_a_reload_applies_new_lists(tmp_path):
     with FakeUpstream(echo) as app:
-        with Ambassador(tmp_path, profile(app.url, app.url)) as amb:
+        with Ambassador(tmp_path, gated_profile(app.url, app.url)) as amb:
             newcomer = {"Host": f"127.0.0.1:{amb.port}", "Origin": "https://new.example.com"}
             assert amb.request("GET", "/app/x", newcomer)[0] == 403
             mark = len(amb.lines)
-            amb.profile_path.write_text(profile(app.url, app.url, origins="https://new.example.com"))
+            gated_profile(app.url, app.url, origins="https://new.example.com").write(amb.profile_path)
             amb.wait_for_log(r"profile .* loaded", start=mark)
             assert amb.request("GET", "/app/x", newcomer)[0] == 200
             assert amb.request("GET", "/app/x", {"Host": f"127.0.0.1:{amb.port}", "Origin": ALLOWED_ORIGIN})[0] == 403

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from harness import Ambassador, FakeUpstream, raw_exchange
+from harness import Ambassador, FakeUpstream
+from profiles import profile, upstream
 
 HEAD_TIMEOUT = 2.0  # the defaults are 10s (tests/unit/test_client_limits.py); short keeps this fast
 BODY_TIMEOUT = 2.0
@@ -20,15 +21,15 @@ BODY_TIMEOUT = 2.0
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    with FakeUpstream() as upstream:  # echoes what it received
-        profile = f"upstreams:\n  app:\n    url: {upstream.url}\n    match: {{path_prefix: /app}}\n"
+    with FakeUpstream() as server:  # echoes what it received
+        app = profile(upstream("app", server.url, path_prefix="/app"))
         args = (
             "--set", f"ambassador_head_timeout={HEAD_TIMEOUT:g}s",
             "--set", f"ambassador_body_timeout={BODY_TIMEOUT:g}s",
             "--set", "body_size_limit=1m",
         )
-        with Ambassador(tmp_path_factory.mktemp("limits"), profile, *args) as amb:
-            yield amb, upstream
+        with Ambassador(tmp_path_factory.mktemp("limits"), app, *args) as amb:
+            yield amb, server
 
 
 def head(amb, *lines: bytes) -> bytes:

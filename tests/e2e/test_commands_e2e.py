@@ -6,6 +6,7 @@ import json
 import pytest
 
 from harness import Ambassador, FakeUpstream, Reply, echo
+from profiles import Profile, profile, upstream
 from webui import WebAmbassador
 
 
@@ -19,27 +20,17 @@ def upstreams():
         yield {"billing": billing, "catalog": catalog, "prices": prices}
 
 
-def profile(upstreams) -> str:
-    return f"""
-upstreams:
-  billing:
-    url: {upstreams['billing'].url}
-    match: {{path_prefix: /billing}}
-    breaker: {{fail_max: 5, reset_timeout: 1h}}
-  catalog:
-    url: {upstreams['catalog'].url}
-    match: {{path_prefix: /catalog}}
-    cache: {{}}
-  prices:
-    url: {upstreams['prices'].url}
-    match: {{path_prefix: /prices}}
-    cache: {{}}
-"""
+def commands_profile(upstreams) -> Profile:
+    return profile(
+        upstream("billing", upstreams["billing"].url, path_prefix="/billing", breaker={"fail_max": 5, "reset_timeout": "1h"}),
+        upstream("catalog", upstreams["catalog"].url, path_prefix="/catalog", cache={}),
+        upstream("prices", upstreams["prices"].url, path_prefix="/prices", cache={}),
+    )
 
 
 @pytest.fixture(scope="module")
 def web(upstreams, tmp_path_factory):
-    with WebAmbassador(tmp_path_factory.mktemp("commands"), profile(upstreams)) as amb:
+    with WebAmbassador(tmp_path_factory.mktemp("commands"), commands_profile(upstreams)) as amb:
         yield amb
 
 
@@ -118,7 +109,7 @@ addons = [Maintenance()]
 def test_commands_from_a_mitmdump_script(tmp_path, upstreams):
     script = tmp_path / "maintenance.py"
     script.write_text(SCRIPT)
-    with Ambassador(tmp_path, profile(upstreams), "-s", str(script)) as amb:
+    with Ambassador(tmp_path, commands_profile(upstreams), "-s", str(script)) as amb:
         assert amb.get("/billing/a")[0] == 200
         assert amb.get("/ops/maintenance")[0] == 204
         status, _, body = amb.get("/billing/a")

@@ -5,6 +5,7 @@ import socket
 import time
 
 from harness import ROOT, Ambassador, free_port
+from profiles import profile, upstream
 
 
 
@@ -41,7 +42,6 @@ def test_listener_defaults_to_loopback(tmp_path):
 
 
 def test_profile_given_as_a_mitmproxy_option(tmp_path):
-    profile = tmp_path / "p.yaml"
-    profile.write_text("upstreams:\n  app:\n    url: http://127.0.0.1:9\n    match: {path_prefix: /app}\n")
-    with Ambassador(tmp_path, None, "--set", f"ambassador_profile={profile}") as amb:
-        assert amb.status()["profile"] == str(profile)
+    path = profile(upstream("app", "http://127.0.0.1:9", path_prefix="/app")).write(tmp_path / "p.yaml")
+    with Ambassador(tmp_path, None, "--set", f"ambassador_profile={path}") as amb:
+        assert amb.status()["profile"] == str(path)

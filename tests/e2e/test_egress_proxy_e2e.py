@@ -21,6 +21,7 @@ from mitmproxy import io
 from egress_proxy import EgressProxy
 from harness import Ambassador, FakeUpstream, Received, Reply, echo, free_port
 from oauth_fakes import IdentityProvider
+from profiles import Profile, profile, upstream
 from test_tls_e2e import https_upstream
 
 USER, PASSWORD = "svc", "pr0xy#pass/word"
@@ -97,83 +98,38 @@ def with_credentials(proxy: EgressProxy, userinfo: str) -> str:
     return proxy.url.replace("http://", f"http://{userinfo}@")
 
 
-def profile_text(net) -> str:
+def egress_profile(net) -> Profile:
     open_proxy, guarded, leaky = net["open"].url, net["guarded"], net["leaky"]
-    return f"""
-upstreams:
-  plain:
-    url: {net["plain"].url}/v1
-    match: {{path_prefix: /plain}}
-    proxy: {open_proxy}
-  partner:
-    url: {net["partner"].url}
-    match: {{path_prefix: /partner}}
-    tls: {{ca: partner-ca.pem}}
-    proxy: {open_proxy}
-  bank:
-    url: {net["bank"].url}
-    match: {{path_prefix: /bank}}
-    tls: {{ca: partner-ca.pem, client_cert: client.pem}}
-    proxy: {open_proxy}
-  bank-without-cert:
-    url: {net["bank"].url}
-    match: {{path_prefix: /bank-without-cert}}
-    tls: {{ca: partner-ca.pem}}
-    proxy: {open_proxy}
-  strict:
-    url: {net["strict"]}
-    match: {{path_prefix: /strict}}
-    tls: {{ca: partner-ca.pem}}
-    timeout: 3s
-    proxy: {open_proxy}
-  secured:
-    url: {net["plain"].url}
-    match: {{path_prefix: /secured}}
-    proxy: "{with_credentials(guarded, IN_URL)}"
-  secured-tls:
-    url: {net["partner"].url}
-    match: {{path_prefix: /secured-tls}}
-    tls: {{ca: partner-ca.pem}}
-    proxy: "{with_credentials(guarded, IN_URL)}"
-  no-credentials:
-    url: {net["plain"].url}
-    match: {{path_prefix: /no-credentials}}
-    proxy: {guarded.url}
-  no-credentials-tls:
-    url: {net["partner"].url}
-    match: {{path_prefix: /no-credentials-tls}}
-    tls: {{ca: partner-ca.pem}}
-    proxy: {guarded.url}
-  wrong-password:
-    url: {net["plain"].url}
-    match: {{path_prefix: /wrong-password}}
-    proxy: "{with_credentials(guarded, f"{USER}:{quote(PASSWORD[::-1], safe='')}")}"
-  reflected:
-    url: {net["reflector"].url}
-    match: {{path_prefix: /reflected}}
-    proxy: "{with_credentials(leaky, IN_URL)}"
-  proxy-down:
-    url: {net["plain"].url}
-    match: {{path_prefix: /proxy-down}}
-    proxy: http://127.0.0.1:{free_port()}
-  oauth:
-    url: {net["api"].url}
-    match: {{path_prefix: /oauth}}
-    auth: {{type: oauth2_client_credentials, token_url: "{net["auth"].url}/token", client_id: app, client_secret: client-secret}}
-    proxy: "{with_credentials(guarded, IN_URL)}"
-"""
+    plain, partner, bank = net["plain"].url, net["partner"].url, net["bank"].url
+    with_password = with_credentials(guarded, IN_URL)
+    wrong_password = f"{USER}:{quote(PASSWORD[::-1], safe='')}"
+    oauth = dict(type="oauth2_client_credentials", token_url=f"{net['auth'].url}/token", client_id="app", client_secret="client-secret")
+    return profile(
+        upstream("plain", f"{plain}/v1", path_prefix="/plain", proxy=open_proxy),
+        upstream("partner", partner, path_prefix="/partner", tls={"ca": "partner-ca.pem"}, proxy=open_proxy),
+        upstream("bank", bank, path_prefix="/bank", tls={"ca": "partner-ca.pem", "client_cert": "client.pem"}, proxy=open_proxy),
+        upstream("bank-without-cert", bank, path_prefix="/bank-without-cert", tls={"ca": "partner-ca.pem"}, proxy=open_proxy),
+        upstream("strict", net["strict"], path_prefix="/strict", tls={"ca": "partner-ca.pem"}, timeout="3s", proxy=open_proxy),
+        upstream("secured", plain, path_prefix="/secured", proxy=with_password),
+        upstream("secured-tls", partner, path_prefix="/secured-tls", tls={"ca": "partner-ca.pem"}, proxy=with_password),
+        upstream("no-credentials", plain, path_prefix="/no-credentials", proxy=guarded.url),
+        upstream("no-credentials-tls", partner, path_prefix="/no-credentials-tls", tls={"ca": "partner-ca.pem"}, proxy=guarded.url),
+        upstream("wrong-password", plain, path_prefix="/wrong-password", proxy=with_credentials(guarded, wrong_password)),
+        upstream("reflected", net["reflector"].url, path_prefix="/reflected", proxy=with_credentials(leaky, IN_URL)),
+        upstream("proxy-down", plain, path_prefix="/proxy-down", proxy=f"http://127.0.0.1:{free_port()}"),
+        upstream("oauth", net["api"].url, path_prefix="/oauth", auth=oauth, proxy=with_password),
+    )
 
 
 @pytest.fixture(scope="module")
-def profile(pki, net):
-    path = pki["folder"] / "egress.yaml"  # relative certificate paths are relative to the profile's folder
-    path.write_text(profile_text(net))
-    return path
+def profile_file(pki, net):
+    # relative certificate paths are relative to the profile's folder
+    return egress_profile(net).write(pki["folder"] / "egress.yaml")
 
 
 @pytest.fixture(scope="module")
-def amb(profile, tmp_path_factory):
-    with Ambassador(tmp_path_factory.mktemp("amb"), profile) as amb:
+def amb(profile_file, tmp_path_factory):
+    with Ambassador(tmp_path_factory.mktemp("amb"), profile_file) as amb:
         yield amb
 
 
@@ -286,10 +242,10 @@ def test_status_names_the_proxy_without_its_credentials(amb, net):
     assert USER + ":" not in upstreams and BASIC not in upstreams
 
 
-def test_proxy_credentials_stay_out_of_logs_and_recordings(profile, net, tmp_path):
+def test_proxy_credentials_stay_out_of_logs_and_recordings(profile_file, net, tmp_path):
     flow_file = tmp_path / "flows.mitm"
     args = ("-v", "--set", "flow_detail=4", "--set", "termlog_verbosity=debug")
-    with Ambassador(tmp_path, profile, *args, command=("record", str(flow_file))) as amb:
+    with Ambassador(tmp_path, profile_file, *args, command=("record", str(flow_file))) as amb:
         for route in ("/secured/x", "/secured-tls/x", "/reflected/x", "/oauth/x", "/wrong-password/x", "/no-credentials/x"):
             amb.get(route)
     raw, log = flow_file.read_bytes(), amb.output

@@ -5,20 +5,14 @@ import json
 import time
 
 from harness import Ambassador, FakeUpstream, RawUpstream, Reply, Switch, free_port
+from profiles import Profile, profile, upstream
 from redis_server import RedisServer
 
 FALLBACK = '{"items": []}'
 
 
-def billing(url: str, failover: list[str], extra: str = "", top: str = "") -> str:
-    return f"""{top}
-upstreams:
-  billing:
-    url: {url}
-    match: {{path_prefix: /billing}}
-    timeout: 5s
-    failover: [{", ".join(failover)}]
-{extra}"""
+def billing(url: str, failover: list[str], state: str | None = None, **sections) -> Profile:
+    return profile(upstream("billing", url, path_prefix="/billing", timeout="5s", failover=failover, **sections), state=state)
 
 
 def dead_url(path: str = "") -> str:
@@ -27,7 +21,8 @@ def dead_url(path: str = "") -> str:
 
 def test_a_dead_url_fails_over_and_its_own_breaker_opens(tmp_path):
     dead = dead_url("/v1")
-    with FakeUpstream() as b, Ambassador(tmp_path, billing(dead, [f"{b.url}/v2"], "    breaker: {fail_max: 2, reset_timeout: 60s}\n")) as amb:
+    breaker = {"fail_max": 2, "reset_timeout": "60s"}
+    with FakeUpstream() as b, Ambassador(tmp_path, billing(dead, [f"{b.url}/v2"], breaker=breaker)) as amb:
         for n in range(3):
             status, headers, body = amb.get(f"/billing/orders/{n}?q=1")
             assert status == 200
@@ -70,8 +65,8 @@ def test_every_url_failing_gives_the_last_failure(tmp_path):
 def test_a_retry_after_a_timeout_goes_to_the_next_url_first(tmp_path):
     hanging = Switch()
     hanging.reply = Reply(200, body=b"too late", delay=3)
-    extra = "    retry: {attempts: 2, backoff: 10ms, try_timeout: 300ms}\n"
-    with FakeUpstream(hanging) as a, FakeUpstream() as b, Ambassador(tmp_path, billing(a.url, [b.url], extra)) as amb:
+    retry = {"attempts": 2, "backoff": "10ms", "try_timeout": "300ms"}
+    with FakeUpstream(hanging) as a, FakeUpstream() as b, Ambassador(tmp_path, billing(a.url, [b.url], retry=retry)) as amb:
         status, headers, _ = amb.get("/billing/x")
         assert status == 200
         assert headers["X-Ambassador-Upstream-Url"] == b.url
@@ -79,27 +74,22 @@ def test_a_retry_after_a_timeout_goes_to_the_next_url_first(tmp_path):
         assert hanging.count == 1  # the second try did not go back to the URL that timed out
 
 
-def fallback_profile(url: str, extra: str = "", failover: str = "") -> str:
-    return f"""
-upstreams:
-  billing:
-    url: {url}
-    match: {{path_prefix: /billing}}
-    timeout: 5s
-{failover}    breaker: {{fail_max: 1, reset_timeout: 60s}}
-    fallback: {{status: 200, headers: {{Content-Type: application/json, X-Served-By: fallback}}, body: '{FALLBACK}'}}
-{extra}
-aggregates:
-  /dashboard: {{invoices: 'billing:/invoices', me: 'billing:/me'}}
-"""
+def fallback_profile(url: str, **sections) -> Profile:
+    fallback = {"status": 200, "headers": {"Content-Type": "application/json", "X-Served-By": "fallback"}, "body": FALLBACK}
+    return profile(
+        upstream(
+            "billing", url, path_prefix="/billing", timeout="5s", breaker={"fail_max": 1, "reset_timeout": "60s"},
+            fallback=fallback, **sections,
+        ),
+        aggregates={"/dashboard": {"invoices": "billing:/invoices", "me": "billing:/me"}},
+    )
 
 
 def test_fallback_when_every_url_failed_and_when_the_breakers_are_open(tmp_path):
     failing = Switch()
     failing.reply = Reply(503, body=b"down")
     with FakeUpstream(failing) as b:
-        profile = fallback_profile(dead_url(), failover=f"    failover: [{b.url}]\n")
-        with Ambassador(tmp_path, profile) as amb:
+        with Ambassador(tmp_path, fallback_profile(dead_url(), failover=[b.url])) as amb:
             for expected_contacts in (1, 1):  # then both breakers are open: no contact at all
                 status, headers, body = amb.get("/billing/x")
                 assert (status, body) == (200, FALLBACK.encode())
@@ -119,7 +109,7 @@ def test_fallback_when_every_url_failed_and_when_the_breakers_are_open(tmp_path)
 def test_a_stale_cached_copy_comes_before_the_fallback(tmp_path):
     switch = Switch()
     switch.reply = Reply(200, [("Content-Type", "text/plain"), ("Cache-Control", "max-age=0, stale-if-error=600")], b"stored")
-    with FakeUpstream(switch) as up, Ambassador(tmp_path, fallback_profile(up.url, "    cache: {ttl: 0s}\n")) as amb:
+    with FakeUpstream(switch) as up, Ambassador(tmp_path, fallback_profile(up.url, cache={"ttl": "0s"})) as amb:
         assert amb.get("/billing/stored")[2] == b"stored"
         switch.reply = Reply(500, body=b"broken")
         status, headers, body = amb.get("/billing/stored")
@@ -157,10 +147,10 @@ def test_each_url_has_its_own_shared_breaker_state(tmp_path):
     hangs_up = RawUpstream(lambda conn: None)  # reads the request and closes: connect_error
     try:
         with RedisServer(tmp_path) as redis, FakeUpstream() as b:
-            profile = billing(hangs_up.url, [b.url], "    breaker: {fail_max: 1, reset_timeout: 60s}\n", top=f"state: {redis.url}")
+            shared = billing(hangs_up.url, [b.url], state=redis.url, breaker={"fail_max": 1, "reset_timeout": "60s"})
             (tmp_path / "one").mkdir()
             (tmp_path / "two").mkdir()
-            with Ambassador(tmp_path / "one", profile) as one, Ambassador(tmp_path / "two", profile) as two:
+            with Ambassador(tmp_path / "one", shared) as one, Ambassador(tmp_path / "two", shared) as two:
                 assert one.get("/billing/x")[0] == 200  # url failed: its shared breaker opens
                 contacts = hangs_up.accepted
                 assert contacts >= 1

@@ -1,15 +1,15 @@
 """Faults through the real ambassador: every request ends with the
-upstream's answer or the SPEC's error within its timeout, and the ambassador keeps serving."""
+upstream's answer or the ambassador's JSON error within its timeout, and the ambassador keeps serving."""
 
 import hashlib
 import json
 import socket
-import threading
 import time
 
 import pytest
 
 from harness import Ambassador, FakeUpstream, RawUpstream, Received, Reply, raw_exchange
+from profiles import profile, upstream
 
 BIG = 10 * 1024 * 1024
 
@@ -49,12 +49,9 @@ def setup(tmp_path_factory):
     raws = {name: RawUpstream(script) for name, script in
             {"reset": reset_mid_body, "truncated": truncated, "malformed": malformed, "hangs": hangs}.items()}
     with FakeUpstream(origin) as good:
-        upstreams = "".join(
-            f"  {name}:\n    url: {raw.url}\n    match: {{path_prefix: /{name}}}\n    timeout: 1500ms\n"
-            for name, raw in raws.items()
-        )
-        profile = f"upstreams:\n{upstreams}  good:\n    url: {good.url}\n    match: {{path_prefix: /good}}\n    timeout: 10s\n"
-        with Ambassador(tmp_path_factory.mktemp("faults"), profile) as amb:
+        faulty = [upstream(name, raw.url, path_prefix=f"/{name}", timeout="1500ms") for name, raw in raws.items()]
+        routes = profile(*faulty, upstream("good", good.url, path_prefix="/good", timeout="10s"))
+        with Ambassador(tmp_path_factory.mktemp("faults"), routes) as amb:
             yield amb, good
     for raw in raws.values():
         raw.close()
@@ -136,8 +133,7 @@ def test_upstream_that_goes_away_and_comes_back(tmp_path):
 
     first = FakeUpstream(handler).__enter__()
     port = first.port
-    profile = f"upstreams:\n  app:\n    url: http://127.0.0.1:{port}\n    match: {{path_prefix: /app}}\n    timeout: 2s\n"
-    with Ambassador(tmp_path, profile) as amb:
+    with Ambassador(tmp_path, profile(upstream("app", f"http://127.0.0.1:{port}", path_prefix="/app", timeout="2s"))) as amb:
         assert amb.get("/app/x")[0] == 200
         first.__exit__(None, None, None)
         status, _, body = amb.get("/app/x")
@@ -148,8 +144,7 @@ def test_upstream_that_goes_away_and_comes_back(tmp_path):
 
 def test_request_bodies_beyond_the_limit_are_refused(tmp_path):
     with FakeUpstream(origin) as good:
-        profile = f"upstreams:\n  good:\n    url: {good.url}\n    match: {{path_prefix: /good}}\n"
-        with Ambassador(tmp_path, profile, "--set", "body_size_limit=1m") as amb:
+        with Ambassador(tmp_path, profile(upstream("good", good.url, path_prefix="/good")), "--set", "body_size_limit=1m") as amb:
             status, _, _ = amb.request("POST", "/good/upload", {"Content-Type": "application/octet-stream"}, b"x" * 2_000_000)
             assert status == 413
             assert good.received == []
@@ -174,17 +169,16 @@ def test_upstream_answers_beyond_the_limit_are_refused(tmp_path):
 
     upstreams = [RawUpstream(script) for script in (announced, chunked, small_chunked)]
     try:
-        profile = "upstreams:\n" + "".join(
-            f"  {name}:\n    url: {u.url}\n    match: {{path_prefix: /{name}}}\n    timeout: 10s\n"
-            for name, u in zip(("announced", "chunked", "small"), upstreams)
+        routes = profile(
+            *(upstream(name, u.url, path_prefix=f"/{name}", timeout="10s") for name, u in zip(("announced", "chunked", "small"), upstreams))
         )
-        with Ambassador(tmp_path, profile, "--set", "body_size_limit=1m") as amb:
+        with Ambassador(tmp_path, routes, "--set", "body_size_limit=1m") as amb:
             for name in ("announced", "chunked"):
                 status, headers, body = amb.get(f"/{name}/x")
                 assert (status, json.loads(body)["reason"], headers["X-Ambassador-Upstream"]) == (502, "upstream_error", name)
                 assert "body_size_limit" in json.loads(body)["error"]
             assert amb.get("/small/x")[::2] == (200, b"small")
-        with Ambassador(tmp_path, profile, "--set", "body_size_limit=3m") as amb:
+        with Ambassador(tmp_path, routes, "--set", "body_size_limit=3m") as amb:
             for name in ("announced", "chunked"):
                 status, _, body = amb.get(f"/{name}/x")
                 assert (status, len(body)) == (200, 2_000_000)

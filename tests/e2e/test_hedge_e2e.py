@@ -8,20 +8,16 @@ import time
 from mitmproxy.io import FlowReader
 
 from harness import Ambassador, FakeUpstream, KeepAliveRawUpstream, Received, Reply
+from profiles import Profile, profile, upstream
 
 AFTER = 0.2  # hedge.after of the profiles, seconds
 FULL = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Copy: %d\r\n\r\n0123456789"
 
 
-def profile(url: str, extra: str = "") -> str:
-    return f"""
-upstreams:
-  slow:
-    url: {url}/api
-    match: {{path_prefix: /slow}}
-    timeout: 10s
-    hedge: {{after: {AFTER * 1000:.0f}ms}}
-{extra}"""
+def hedged(url: str, hedge: dict | None = None, **sections) -> Profile:
+    """The `slow` upstream, hedged after AFTER unless `hedge` says otherwise."""
+    hedge = hedge or {"after": AFTER}
+    return profile(upstream("slow", f"{url}/api", path_prefix="/slow", timeout="10s", hedge=hedge, **sections))
 
 
 class FirstCopyStalls:
@@ -43,7 +39,7 @@ class FirstCopyStalls:
 def test_second_copy_wins_and_the_first_is_cancelled_before_its_answer(tmp_path):
     upstream = KeepAliveRawUpstream(FirstCopyStalls(b""))
     try:
-        with Ambassador(tmp_path, profile(upstream.url)) as amb:
+        with Ambassador(tmp_path, hedged(upstream.url)) as amb:
             started = time.monotonic()
             status, headers, body = amb.get("/slow/x")
             took = time.monotonic() - started
@@ -65,7 +61,7 @@ def test_a_copy_cancelled_halfway_through_its_body_is_closed_not_pooled(tmp_path
     half = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Copy: 1\r\n\r\n01234"
     upstream = KeepAliveRawUpstream(FirstCopyStalls(half))
     try:
-        with Ambassador(tmp_path, profile(upstream.url)) as amb:
+        with Ambassador(tmp_path, hedged(upstream.url)) as amb:
             status, headers, body = amb.get("/slow/x")
             assert (status, body, headers["X-Copy"]) == (200, b"0123456789", "2")
             assert upstream.closed[0].wait(5), "the half-read connection stayed open"
@@ -78,7 +74,7 @@ def test_a_copy_cancelled_halfway_through_its_body_is_closed_not_pooled(tmp_path
 
 
 def test_a_fast_answer_sends_no_copy(tmp_path):
-    with FakeUpstream() as up, Ambassador(tmp_path, profile(up.url)) as amb:
+    with FakeUpstream() as up, Ambassador(tmp_path, hedged(up.url)) as amb:
         status, headers, _ = amb.get("/slow/x")
         assert status == 200
         assert "X-Ambassador-Attempts" not in headers
@@ -87,7 +83,7 @@ def test_a_fast_answer_sends_no_copy(tmp_path):
 
 
 def test_post_is_never_hedged(tmp_path):
-    with FakeUpstream(lambda req: Reply(200, body=b"done", delay=AFTER * 3)) as up, Ambassador(tmp_path, profile(up.url)) as amb:
+    with FakeUpstream(lambda req: Reply(200, body=b"done", delay=AFTER * 3)) as up, Ambassador(tmp_path, hedged(up.url)) as amb:
         status, headers, body = amb.request("POST", "/slow/orders", {"Content-Type": "text/plain"}, b"one order")
         assert (status, body) == (200, b"done")
         assert "X-Ambassador-Attempts" not in headers
@@ -106,13 +102,9 @@ def numbered(replies):
     return handler
 
 
-def hedged(url: str, hedge: str, extra: str = "") -> str:
-    return profile(url).replace(f"hedge: {{after: {AFTER * 1000:.0f}ms}}", hedge) + extra
-
-
 def test_up_to_max_copies_each_after_apart(tmp_path):
     replies = [Reply(200, body=b"late", delay=3), Reply(200, body=b"late", delay=3), Reply(200, body=b"third")]
-    with FakeUpstream(numbered(replies)) as up, Ambassador(tmp_path, hedged(up.url, "hedge: {after: 150ms, max: 2}")) as amb:
+    with FakeUpstream(numbered(replies)) as up, Ambassador(tmp_path, hedged(up.url, {"after": "150ms", "max": 2})) as amb:
         started = time.monotonic()
         status, headers, body = amb.get("/slow/x")
         took = time.monotonic() - started
@@ -127,8 +119,8 @@ def test_failed_copies_end_the_try_and_the_retry_counts_every_copy(tmp_path):
     # Try 1: the first copy answers 503 late, the hedge copy 503 at once: both failed, so the
     # try fails; try 2 is answered at once. Three copies went out.
     replies = [Reply(503, body=b"busy", delay=0.4), Reply(503, body=b"busy"), Reply(200, body=b"fine")]
-    retry = "    retry: {attempts: 2, backoff: 10ms}\n"
-    with FakeUpstream(numbered(replies)) as up, Ambassador(tmp_path, hedged(up.url, "hedge: {after: 100ms}", retry)) as amb:
+    retry = {"attempts": 2, "backoff": "10ms"}
+    with FakeUpstream(numbered(replies)) as up, Ambassador(tmp_path, hedged(up.url, {"after": "100ms"}, retry=retry)) as amb:
         status, headers, body = amb.get("/slow/x")
         assert (status, body) == (200, b"fine")
         assert headers["X-Ambassador-Attempts"] == "3"
@@ -140,7 +132,7 @@ def test_each_copy_is_a_flow_of_its_own_and_the_loser_is_reported_cancelled(tmp_
     upstream = KeepAliveRawUpstream(FirstCopyStalls(b""))
     flow_file = tmp_path / "hedged.flows"
     try:
-        with Ambassador(tmp_path, profile(upstream.url), command=("record", str(flow_file))) as amb:
+        with Ambassador(tmp_path, hedged(upstream.url), command=("record", str(flow_file))) as amb:
             assert amb.get("/slow/x")[0] == 200
             assert upstream.closed[0].wait(5)
     finally:

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from harness import Ambassador, FakeUpstream, Reply
+from profiles import profile, upstream
 
 
 class Paced:
@@ -40,13 +41,13 @@ def most_in_one_second(arrivals: list[float]) -> int:
     return max(sum(1 for t in arrivals if start <= t < start + 1) for start in arrivals)
 
 
-NAMES = {
-    "rate": "{rate: 20/s, burst: 2}",
-    "tight": "{rate: 1/m, queue: 5, max_wait: 2s}",
-    "slots": "{concurrency: 1, queue: 1, max_wait: 10s}",
-    "follow": "{max_wait: 10s}",
-    "quota": "{quota: 2/h, max_wait: 2s}",
-    "budget": None,
+NAMES = {  # name: its sections
+    "rate": {"limit": {"rate": "20/s", "burst": 2}},
+    "tight": {"limit": {"rate": "1/m", "queue": 5, "max_wait": "2s"}},
+    "slots": {"limit": {"concurrency": 1, "queue": 1, "max_wait": "10s"}},
+    "follow": {"limit": {"max_wait": "10s"}},
+    "quota": {"limit": {"quota": "2/h", "max_wait": "2s"}},
+    "budget": {"retry": {"attempts": 3, "backoff": "1ms", "budget": "10%"}},
 }
 
 
@@ -61,13 +62,10 @@ def upstreams():
 
 @pytest.fixture(scope="module")
 def amb(upstreams, tmp_path_factory):
-    text = "upstreams:\n"
-    for name, limit in NAMES.items():
-        text += f"  {name}:\n    url: {upstreams[name][1].url}\n    match: {{path_prefix: /{name}}}\n    timeout: 5s\n"
-        if limit:
-            text += f"    limit: {limit}\n"
-    text += "    retry: {attempts: 3, backoff: 1ms, budget: 10%}\n"
-    with Ambassador(tmp_path_factory.mktemp("limit"), text) as amb:
+    paced = profile(
+        *(upstream(name, upstreams[name][1].url, path_prefix=f"/{name}", timeout="5s", **sections) for name, sections in NAMES.items())
+    )
+    with Ambassador(tmp_path_factory.mktemp("limit"), paced) as amb:
         yield amb
 
 

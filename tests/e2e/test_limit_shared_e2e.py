@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from harness import Ambassador, FakeUpstream, Reply
+from profiles import profile, upstream
 from redis_server import RedisServer
 from test_limit_e2e import Paced, most_in_one_second
 
@@ -15,20 +16,14 @@ def setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shared-limit")
     paced, follow = Paced(), Paced()
     with FakeUpstream(paced) as up, FakeUpstream(follow) as up2, RedisServer(folder) as redis:
-        text = f"""state: {redis.url}
-upstreams:
-  paced:
-    url: {up.url}
-    match: {{path_prefix: /paced}}
-    limit: {{rate: 10/s, max_wait: 10s}}
-  follow:
-    url: {up2.url}
-    match: {{path_prefix: /follow}}
-    limit: {{max_wait: 10s}}
-"""
+        shared = profile(
+            upstream("paced", up.url, path_prefix="/paced", limit={"rate": "10/s", "max_wait": "10s"}),
+            upstream("follow", up2.url, path_prefix="/follow", limit={"max_wait": "10s"}),
+            state=redis.url,
+        )
         (folder / "a").mkdir()
         (folder / "b").mkdir()
-        with Ambassador(folder / "a", text) as a, Ambassador(folder / "b", text) as b:
+        with Ambassador(folder / "a", shared) as a, Ambassador(folder / "b", shared) as b:
             yield a, b, paced, follow, redis
 
 

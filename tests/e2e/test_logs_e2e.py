@@ -10,25 +10,21 @@ import subprocess
 import time
 
 from harness import RUN_SH, Ambassador, FakeUpstream, Reply, echo, free_port
+from profiles import Profile, profile, upstream
 
 SECRET = "tok-7f3a9c-never-log-me"
 # [time] upstream method path status cache=... attempts=... duration
 EXCHANGE_LINE = re.compile(r"^\[[\d:.]+\] (\S+) ([A-Z]+) (\S+) (\d{3}) cache=(\S+) attempts=(\S+)(?: reason=(\S+))? (\d+)ms$")
 
 
-def profile(up: FakeUpstream, failing: FakeUpstream) -> str:
-    return f"""
-upstreams:
-  billing:
-    url: {up.url}
-    match: {{path_prefix: /billing}}
-    auth: {{type: bearer, token: "{SECRET}"}}
-    retry: {{attempts: 2, backoff: 1ms}}
-  fragile:
-    url: {failing.url}
-    match: {{path_prefix: /fragile}}
-    breaker: {{fail_max: 1, reset_timeout: 1h}}
-"""
+def logged_profile(up: FakeUpstream, failing: FakeUpstream, fail_max: int = 1) -> Profile:
+    return profile(
+        upstream(
+            "billing", up.url, path_prefix="/billing", auth={"type": "bearer", "token": SECRET},
+            retry={"attempts": 2, "backoff": "1ms"},
+        ),
+        upstream("fragile", failing.url, path_prefix="/fragile", breaker={"fail_max": fail_max, "reset_timeout": "1h"}),
+    )
 
 
 def exchange_lines(output: str) -> list[tuple]:
@@ -38,7 +34,7 @@ def exchange_lines(output: str) -> list[tuple]:
 def test_one_line_per_exchange_and_nothing_secret(tmp_path):
     failing = lambda req: Reply.json({"error": "down"}, 500)  # noqa: E731
     with FakeUpstream(echo) as up, FakeUpstream(failing) as down:
-        with Ambassador(tmp_path, profile(up, down)) as amb:
+        with Ambassador(tmp_path, logged_profile(up, down)) as amb:
             assert amb.get("/billing/invoices?id=7", {"Authorization": "Bearer client-own"})[0] == 200
             assert amb.request("POST", "/billing/pay", body=b"{}")[0] == 200
             assert amb.get("/fragile/x")[0] == 500  # opens the breaker (fail_max 1)
@@ -66,12 +62,12 @@ def test_one_line_per_exchange_and_nothing_secret(tmp_path):
 
 def test_state_changes_are_warnings(tmp_path):
     with FakeUpstream(echo) as up, FakeUpstream(echo) as down:
-        with Ambassador(tmp_path, profile(up, down)) as amb:
+        with Ambassador(tmp_path, logged_profile(up, down)) as amb:
             start = len(amb.lines)
-            amb.profile_path.write_text(amb.profile_path.read_text().replace("fail_max: 1", "fail_max: 2"))
+            logged_profile(up, down, fail_max=2).write(amb.profile_path)
             amb.wait_for_log(r"profile .* loaded", start=start)
             start = len(amb.lines)
-            amb.profile_path.write_text("upstreams: {billing: {url: nope}}\n")
+            profile(upstream("billing", "nope")).write(amb.profile_path)
             amb.wait_for_log(r"profile refused, keeping the running one", start=start)
             assert amb.get("/billing/x")[0] == 200
 
@@ -91,8 +87,7 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> Non
 def test_quiet_silences_the_exchange_lines(tmp_path):
     """-q: the proxy announces nothing, so the test waits for the port, not for a log line."""
     with FakeUpstream(echo) as up, FakeUpstream(echo) as down:
-        path = tmp_path / "profile.yaml"
-        path.write_text(profile(up, down))
+        path = logged_profile(up, down).write(tmp_path / "profile.yaml")
         port = free_port()
         log_file = tmp_path / "output.log"
         with open(log_file, "w") as out:

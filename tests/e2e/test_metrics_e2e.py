@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness import Ambassador, FakeUpstream, Reply, echo
 from oauth_fakes import IdentityProvider
+from profiles import profile, upstream
 
 SPEC_FAMILIES = {
     "ambassador_requests",  # requests by status class
@@ -51,29 +52,15 @@ def upstreams():
 
 @pytest.fixture
 def amb(upstreams, tmp_path):
-    profile = f"""
-upstreams:
-  billing:
-    url: {upstreams['billing'].url}
-    match: {{path_prefix: /billing}}
-  flaky:
-    url: {upstreams['flaky'].url}
-    match: {{path_prefix: /flaky}}
-    retry: {{attempts: 3, backoff: 1ms, statuses: [503]}}
-  fragile:
-    url: {upstreams['fragile'].url}
-    match: {{path_prefix: /fragile}}
-    breaker: {{fail_max: 2, reset_timeout: 1h}}
-  dead:
-    url: http://127.0.0.1:9
-    match: {{path_prefix: /dead}}
-    timeout: 5s
-  catalog:
-    url: {upstreams['billing'].url}
-    match: {{path_prefix: /catalog}}
-    cache: {{ttl: 1h}}
-"""
-    with Ambassador(tmp_path, profile) as a:
+    billing = upstreams["billing"].url
+    metered = profile(
+        upstream("billing", billing, path_prefix="/billing"),
+        upstream("flaky", upstreams["flaky"].url, path_prefix="/flaky", retry={"attempts": 3, "backoff": "1ms", "statuses": [503]}),
+        upstream("fragile", upstreams["fragile"].url, path_prefix="/fragile", breaker={"fail_max": 2, "reset_timeout": "1h"}),
+        upstream("dead", "http://127.0.0.1:9", path_prefix="/dead", timeout="5s"),
+        upstream("catalog", billing, path_prefix="/catalog", cache={"ttl": "1h"}),
+    )
+    with Ambassador(tmp_path, metered) as a:
         yield a
 
 
@@ -161,23 +148,14 @@ def test_token_fetches_and_async_jobs_are_counted(tmp_path, upstreams):
     down.down = True
     with FakeUpstream(good.token_endpoint) as idp, FakeUpstream(good.resource) as api, \
             FakeUpstream(down.token_endpoint) as broken_idp:
-        profile = f"""
-upstreams:
-  partner:
-    url: {api.url}
-    match: {{path_prefix: /partner}}
-    auth: {{type: oauth2_client_credentials, token_url: {idp.url}/token, client_id: app, client_secret: s3cret}}
-  locked:
-    url: {api.url}
-    match: {{path_prefix: /locked}}
-    timeout: 2s  # bounds the token fetch's own retries
-    auth: {{type: oauth2_client_credentials, token_url: {broken_idp.url}/token, client_id: app, client_secret: s3cret}}
-  reports:
-    url: {upstreams['billing'].url}
-    match: {{path_prefix: /reports}}
-    async: {{keep: 1h}}
-"""
-        with Ambassador(tmp_path, profile, env={"AMBASSADOR_STATE_DIR": str(tmp_path / "state")}) as amb:
+        oauth = {"type": "oauth2_client_credentials", "client_id": "app", "client_secret": "s3cret"}
+        counted = profile(
+            upstream("partner", api.url, path_prefix="/partner", auth={**oauth, "token_url": f"{idp.url}/token"}),
+            # the timeout bounds the token fetch's own retries
+            upstream("locked", api.url, path_prefix="/locked", timeout="2s", auth={**oauth, "token_url": f"{broken_idp.url}/token"}),
+            upstream("reports", upstreams["billing"].url, path_prefix="/reports", async_={"keep": "1h"}),
+        )
+        with Ambassador(tmp_path, counted, env={"AMBASSADOR_STATE_DIR": str(tmp_path / "state")}) as amb:
             for _ in range(2):
                 assert amb.get("/partner/x")[0] == 200  # one token, fetched once
             status, _, body = amb.get("/locked/x")

@@ -10,6 +10,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from harness import FakeUpstream, Reply, echo
+from profiles import profile, upstream
 from webui import WebAmbassador
 
 CHROMIUM = "/usr/bin/chromium"
@@ -41,19 +42,14 @@ def upstreams():
 
 def test_flow_list_shows_the_ambassador_annotations(tmp_path, browser, upstreams):
     billing, fragile = upstreams
-    profile = f"""
-upstreams:
-  billing:
-    url: {billing.url}
-    match: {{path_prefix: /billing}}
-    auth: {{type: bearer, token: "{SECRET}"}}
-    retry: {{attempts: 2, backoff: 1ms}}
-  fragile:
-    url: {fragile.url}
-    match: {{path_prefix: /fragile}}
-    breaker: {{fail_max: 1, reset_timeout: 1h}}
-"""
-    with WebAmbassador(tmp_path, profile) as amb:
+    billed = profile(
+        upstream(
+            "billing", billing.url, path_prefix="/billing", auth={"type": "bearer", "token": SECRET},
+            retry={"attempts": 2, "backoff": "1ms"},
+        ),
+        upstream("fragile", fragile.url, path_prefix="/fragile", breaker={"fail_max": 1, "reset_timeout": "1h"}),
+    )
+    with WebAmbassador(tmp_path, billed) as amb:
         assert amb.get("/billing/invoices/7")[0] == 200
         assert amb.get("/fragile/report")[0] == 503  # the upstream's failure opens the breaker
         status, _, body = amb.get("/fragile/report")
@@ -98,15 +94,13 @@ def test_each_try_is_a_flow_of_its_own_linked_to_the_clients(tmp_path, browser):
     (its real URL, the credential redacted, its own answer)."""
     answers = iter([Reply.json({"error": "busy"}, 503), Reply.json({"invoice": 7})])
     with FakeUpstream(lambda req: next(answers)) as billing:
-        profile = f"""
-upstreams:
-  billing:
-    url: {billing.url}/api
-    match: {{path_prefix: /billing}}
-    auth: {{type: bearer, token: "{SECRET}"}}
-    retry: {{attempts: 2, backoff: 1ms}}
-"""
-        with WebAmbassador(tmp_path, profile) as amb:
+        billed = profile(
+            upstream(
+                "billing", f"{billing.url}/api", path_prefix="/billing", auth={"type": "bearer", "token": SECRET},
+                retry={"attempts": 2, "backoff": "1ms"},
+            ),
+        )
+        with WebAmbassador(tmp_path, billed) as amb:
             assert amb.get("/billing/invoices/7")[0] == 200
             browser.get(amb.ui_url)
             tries = WebDriverWait(browser, 30).until(lambda b: exchange_rows(b) if len(exchange_rows(b)) == 2 else None)
@@ -138,8 +132,8 @@ def test_the_markers_filter_the_flow_list_in_the_ui(tmp_path, browser):
 
     answers = iter([Reply.json({"error": "busy"}, 503), Reply.json({"ok": 1})])
     with FakeUpstream(lambda req: next(answers)) as billing:
-        profile = f"upstreams:\n  billing:\n    url: {billing.url}/api\n    match: {{path_prefix: /billing}}\n    retry: {{attempts: 2, backoff: 1ms}}\n"
-        with WebAmbassador(tmp_path, profile) as amb:
+        billed = profile(upstream("billing", f"{billing.url}/api", path_prefix="/billing", retry={"attempts": 2, "backoff": "1ms"}))
+        with WebAmbassador(tmp_path, billed) as amb:
             assert amb.get("/billing/x")[0] == 200
             assert amb.get("/nothing/here")[0] == 404
             browser.get(amb.ui_url)

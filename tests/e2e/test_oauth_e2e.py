@@ -10,17 +10,18 @@ import pytest
 
 from harness import Ambassador, FakeUpstream, Reply
 from oauth_fakes import IdentityProvider
+from profiles import profile, upstream
 
 SCENARIOS = {
-    # name: (IdentityProvider arguments, extra profile lines)
-    "concurrent": ({"delay": 0.3}, "scope: read write"),
-    "revoked": ({}, ""),
-    "expiring": ({"expires_in": 1}, ""),
-    "outage": ({}, ""),
-    "garbage": ({}, ""),
-    "body-style": ({}, "auth_style: body\n      scope: reports"),
-    "refusing": ({}, ""),
-    "paced": ({"delay": 0.2}, ""),
+    # name: (IdentityProvider arguments, extra keys of its auth section)
+    "concurrent": ({"delay": 0.3}, {"scope": "read write"}),
+    "revoked": ({}, {}),
+    "expiring": ({"expires_in": 1}, {}),
+    "outage": ({}, {}),
+    "garbage": ({}, {}),
+    "body-style": ({}, {"auth_style": "body", "scope": "reports"}),
+    "refusing": ({}, {}),
+    "paced": ({"delay": 0.2}, {}),
 }
 
 
@@ -64,20 +65,15 @@ def amb(partners, tmp_path_factory):
     upstreams = []
     for name, idp in partners.items():
         (folder / f"{name}.secret").write_text(idp.client_secret + "\n")
-        upstreams.append(f"""
-  {name}:
-    url: {idp.api.url}/v1
-    match: {{path_prefix: /{name}}}
-    timeout: 2s
-    auth:
-      type: oauth2_client_credentials
-      token_url: {idp.auth.url}/oauth/token
-      client_id: "${{CLIENT_ID_PREFIX}}{name}"
-      client_secret: "${{file:{name}.secret}}"
-      {SCENARIOS[name][1]}""")
-    profile = folder / "oauth.yaml"
-    profile.write_text("upstreams:" + "".join(upstreams) + "\n")
-    with Ambassador(folder, profile, env={"CLIENT_ID_PREFIX": "app-"}) as a:
+        auth = {
+            "type": "oauth2_client_credentials",
+            "token_url": f"{idp.auth.url}/oauth/token",
+            "client_id": f"${{CLIENT_ID_PREFIX}}{name}",
+            "client_secret": f"${{file:{name}.secret}}",
+            **SCENARIOS[name][1],
+        }
+        upstreams.append(upstream(name, f"{idp.api.url}/v1", path_prefix=f"/{name}", timeout="2s", auth=auth))
+    with Ambassador(folder, profile(*upstreams), env={"CLIENT_ID_PREFIX": "app-"}) as a:
         yield a
 
 

@@ -9,14 +9,14 @@ import mitmproxy.version
 import pytest
 
 from harness import Ambassador, FakeUpstream, Received, Reply, echo
+from profiles import profile, upstream
 from test_metrics_e2e import scrape, value, wait_until
 
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory):
     with FakeUpstream(echo) as api:
-        profile = f"upstreams:\n  api:\n    url: {api.url}\n    match: {{path_prefix: /api}}\n"
-        with Ambassador(tmp_path_factory.mktemp("plain"), profile) as amb:
+        with Ambassador(tmp_path_factory.mktemp("plain"), profile(upstream("api", api.url, path_prefix="/api"))) as amb:
             yield amb
 
 
@@ -29,24 +29,13 @@ def test_health_once_the_profile_is_loaded(plain):
 
 def test_every_door_counts_under_its_upstream_once(tmp_path):
     with FakeUpstream(echo) as users, FakeUpstream(echo) as reports:
-        profile = f"""
-upstreams:
-  users:
-    url: {users.url}
-    match: {{path_prefix: /users}}
-  reports:
-    url: {reports.url}
-    match: {{path_prefix: /reports}}
-    async: {{keep: 1h}}
-  dead:
-    url: http://127.0.0.1:9
-    match: {{path_prefix: /dead}}
-aggregates:
-  /both/{{id}}:
-    user: users:/u/{{id}}
-    gone: dead:/d/{{id}}
-"""
-        with Ambassador(tmp_path, profile, env={"AMBASSADOR_STATE_DIR": str(tmp_path / "state")}) as amb:
+        doors = profile(
+            upstream("users", users.url, path_prefix="/users"),
+            upstream("reports", reports.url, path_prefix="/reports", async_={"keep": "1h"}),
+            upstream("dead", "http://127.0.0.1:9", path_prefix="/dead"),
+            aggregates={"/both/{id}": {"user": "users:/u/{id}", "gone": "dead:/d/{id}"}},
+        )
+        with Ambassador(tmp_path, doors, env={"AMBASSADOR_STATE_DIR": str(tmp_path / "state")}) as amb:
             assert amb.get("/users/1")[0] == 200  # a client's request
             assert amb.get("/both/7")[0] in (200, 207, 502)  # an aggregate: one part each
             items = [{"method": "GET", "path": f"/users/{n}"} for n in range(2)]
@@ -65,14 +54,8 @@ aggregates:
 
 def test_refusals_by_reason_and_upstream(tmp_path):
     with FakeUpstream(lambda req: Reply.json({}, 500)) as broken:
-        profile = f"""
-upstreams:
-  fragile:
-    url: {broken.url}
-    match: {{path_prefix: /fragile}}
-    breaker: {{fail_max: 1, reset_timeout: 1h}}
-"""
-        with Ambassador(tmp_path, profile) as amb:
+        fragile = profile(upstream("fragile", broken.url, path_prefix="/fragile", breaker={"fail_max": 1, "reset_timeout": "1h"}))
+        with Ambassador(tmp_path, fragile) as amb:
             assert amb.get("/fragile/x")[0] == 500
             for _ in range(2):
                 assert amb.get("/fragile/x")[0] == 503
@@ -95,7 +78,7 @@ def test_requests_in_flight_per_upstream(tmp_path):
         return Reply.json({})
 
     with FakeUpstream(held) as slow:
-        with Ambassador(tmp_path, f"upstreams:\n  slow:\n    url: {slow.url}\n    match: {{path_prefix: /slow}}\n") as amb:
+        with Ambassador(tmp_path, profile(upstream("slow", slow.url, path_prefix="/slow"))) as amb:
             answers = []
             clients = [threading.Thread(target=lambda: answers.append(amb.get("/slow/x")[0])) for _ in range(2)]
             for client in clients:
@@ -118,17 +101,11 @@ def test_build_info(plain):
 
 def test_reloads_are_counted_and_a_removed_upstream_leaves_the_metrics(tmp_path):
     with FakeUpstream(echo) as api:
-        both = f"""
-upstreams:
-  api:
-    url: {api.url}
-    match: {{path_prefix: /api}}
-  gone:
-    url: {api.url}
-    match: {{path_prefix: /gone}}
-    breaker: {{fail_max: 3, reset_timeout: 1h}}
-"""
-        with Ambassador(tmp_path, both) as amb:
+        def gone(fail_max) -> dict:
+            return upstream("gone", api.url, path_prefix="/gone", breaker={"fail_max": fail_max, "reset_timeout": "1h"})
+
+        kept = upstream("api", api.url, path_prefix="/api")
+        with Ambassador(tmp_path, profile(kept, gone(3))) as amb:
             assert amb.get("/gone/x")[0] == 200
             assert amb.get("/api/x")[0] == 200
             samples = scrape(amb)
@@ -137,10 +114,10 @@ upstreams:
             assert value(samples, "ambassador_profile_reloads_total", outcome="loaded") == 0
 
             mark = len(amb.lines)
-            amb.profile_path.write_text(both.split("  gone:")[0])
+            profile(kept).write(amb.profile_path)
             amb.wait_for_log(r"profile .* loaded", timeout=10, start=mark)
             mark = len(amb.lines)
-            amb.profile_path.write_text(both.replace("fail_max: 3", "fail_max: many"))
+            profile(kept, gone("many")).write(amb.profile_path)
             amb.wait_for_log(r"profile refused", timeout=10, start=mark)
             samples = scrape(amb)
     assert not [labels for series in samples.values() for labels, _ in series if labels.get("upstream") == "gone"]
@@ -151,14 +128,8 @@ upstreams:
 
 def test_breaker_shows_half_open_when_reset_timeout_passed_without_a_request(tmp_path):
     with FakeUpstream(lambda req: Reply.json({}, 500)) as broken:
-        profile = f"""
-upstreams:
-  fragile:
-    url: {broken.url}
-    match: {{path_prefix: /fragile}}
-    breaker: {{fail_max: 1, reset_timeout: 1s}}
-"""
-        with Ambassador(tmp_path, profile) as amb:
+        fragile = profile(upstream("fragile", broken.url, path_prefix="/fragile", breaker={"fail_max": 1, "reset_timeout": "1s"}))
+        with Ambassador(tmp_path, fragile) as amb:
             assert amb.get("/fragile/x")[0] == 500
             assert amb.status()["upstreams"]["fragile"]["breaker"] == "open"
             wait_until(lambda: amb.status()["upstreams"]["fragile"]["breaker"] == "half-open", timeout=10)

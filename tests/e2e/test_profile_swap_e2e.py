@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 from harness import Ambassador, FakeUpstream, Received, Reply, free_port
+from profiles import Profile, profile, upstream
 
 
 def named(name):
@@ -20,14 +21,8 @@ def named(name):
     return handler
 
 
-def profile_for(upstream, timeout="5s", prefix="/app"):
-    return f"""
-upstreams:
-  app:
-    url: {upstream.url}
-    match: {{path_prefix: {prefix}}}
-    timeout: {timeout}
-"""
+def profile_for(origin, timeout="5s", prefix="/app") -> Profile:
+    return profile(upstream("app", origin.url, path_prefix=prefix, timeout=timeout))
 
 
 @pytest.fixture
@@ -41,41 +36,37 @@ def served_by(amb, path="/app/x"):
     return payload.get("served_by") if status == 200 else payload.get("reason")
 
 
-def rewrite(path, text):
-    path.write_text(text)
-
-
 def test_edit_of_the_loaded_file_is_picked_up(tmp_path, origins):
     one, two = origins
-    profile = tmp_path / "live.yaml"
-    rewrite(profile, profile_for(one))
-    with Ambassador(tmp_path, profile) as amb:
+    live = tmp_path / "live.yaml"
+    profile_for(one).write(live)
+    with Ambassador(tmp_path, live) as amb:
         assert served_by(amb) == "one"
         mark = len(amb.lines)
-        rewrite(profile, profile_for(two))
+        profile_for(two).write(live)
         amb.wait_for_log(r"profile .*live\.yaml loaded", timeout=10, start=mark)
         assert served_by(amb) == "two"
 
 
 def test_broken_edit_is_refused_and_the_running_profile_stays(tmp_path, origins):
     one, _ = origins
-    profile = tmp_path / "live.yaml"
-    rewrite(profile, profile_for(one))
-    with Ambassador(tmp_path, profile) as amb:
+    live = tmp_path / "live.yaml"
+    profile_for(one).write(live)
+    with Ambassador(tmp_path, live) as amb:
         mark = len(amb.lines)
-        rewrite(profile, profile_for(one).replace("timeout: 5s", "timeout: soon"))
+        profile_for(one, timeout="soon").write(live)
         m = amb.wait_for_log(r"upstreams\.app\.timeout: must be a duration", timeout=10, start=mark)
-        assert str(profile) in m.string
+        assert str(live) in m.string
         assert "refused" in amb.output and "Traceback" not in amb.output
         assert served_by(amb) == "one"
-        assert amb.status()["profile"] == str(profile)
+        assert amb.status()["profile"] == str(live)
 
 
 def test_requests_in_flight_during_a_swap_complete(tmp_path, origins):
     one, two = origins
-    profile = tmp_path / "live.yaml"
-    rewrite(profile, profile_for(one))
-    with Ambassador(tmp_path, profile) as amb:
+    live = tmp_path / "live.yaml"
+    profile_for(one).write(live)
+    with Ambassador(tmp_path, live) as amb:
         results = []
         slow = threading.Thread(target=lambda: results.append(amb.get_json("/app/slow")))
         slow.start()
@@ -83,7 +74,7 @@ def test_requests_in_flight_during_a_swap_complete(tmp_path, origins):
         while not one.received and time.monotonic() < deadline:
             time.sleep(0.02)  # until the slow request has reached the old upstream
         mark = len(amb.lines)
-        rewrite(profile, profile_for(two, timeout="4s"))
+        profile_for(two, timeout="4s").write(live)
         amb.wait_for_log(r"profile .* loaded", timeout=10, start=mark)
         assert served_by(amb) == "two"
         slow.join(10)
@@ -118,9 +109,9 @@ def web(tmp_path, origins):
     first = tmp_path / "first.yaml"
     second = tmp_path / "second.yaml"
     broken = tmp_path / "broken.yaml"
-    rewrite(first, profile_for(one))
-    rewrite(second, profile_for(two))
-    rewrite(broken, profile_for(two).replace("path_prefix: /app", "path_prefix: app"))
+    profile_for(one).write(first)
+    profile_for(two).write(second)
+    profile_for(two, prefix="app").write(broken)
     web_port = free_port()
     amb = Ambassador(
         tmp_path, first, "--set", f"web_port={web_port}", "--set", "web_open_browser=false",

@@ -8,6 +8,7 @@ import pytest
 from mitmproxy.io import FlowReader
 
 from harness import ROOT, Ambassador, FakeUpstream, Received, Reply, free_port, run_sh
+from profiles import Profile, profile, upstream
 from test_logs_e2e import wait_for_port
 from webui import PlainMitmweb
 
@@ -22,14 +23,8 @@ def partner(req: Received) -> Reply:
     )
 
 
-def profile(url: str) -> str:
-    return f"""
-upstreams:
-  partner:
-    url: {url}/api
-    match: {{path_prefix: /partner}}
-    auth: {{type: bearer, token: "{SECRET}"}}
-"""
+def partner_profile(url: str) -> Profile:
+    return profile(upstream("partner", f"{url}/api", path_prefix="/partner", auth={"type": "bearer", "token": SECRET}))
 
 
 EXCHANGES = [
@@ -51,7 +46,7 @@ def recording(tmp_path_factory) -> tuple[Path, dict]:
     tmp = tmp_path_factory.mktemp("record")
     flow_file = tmp / "partner.flows"
     with FakeUpstream(partner) as up:
-        with Ambassador(tmp, profile(up.url), command=("record", str(flow_file))) as amb:
+        with Ambassador(tmp, partner_profile(up.url), command=("record", str(flow_file))) as amb:
             answers = {(m, p, b): exchange(amb, m, p, b) for m, p, b in EXCHANGES}
             assert amb.status()["upstreams"]["partner"]  # admin endpoints are not recorded
             assert amb.get("/_ambassador/metrics")[0] == 200
@@ -111,7 +106,7 @@ def test_replay_answers_from_the_recording_with_the_partner_gone(recording, tmp_
     # The partner of the recording is stopped; its port may even be reused, so the replay
     # profile points at a live tripwire that must never be contacted.
     with FakeUpstream(partner) as tripwire:
-        with Ambassador(tmp_path, profile(tripwire.url), command=("replay", str(flow_file))) as amb:
+        with Ambassador(tmp_path, partner_profile(tripwire.url), command=("replay", str(flow_file))) as amb:
             for (method, path, body), recorded in answers.items():
                 assert exchange(amb, method, path, body) == recorded
             # Served twice: a recording is a fake, not a one-shot script.
@@ -178,14 +173,9 @@ def test_replay_contacts_no_token_endpoint_either(tmp_path):
     recording = tmp_path / "empty.flows"
     recording.write_bytes(b"")
     with FakeUpstream(lambda req: Reply.json({"access_token": "t", "expires_in": 60})) as idp, FakeUpstream() as api:
-        profile = f"""
-upstreams:
-  partner:
-    url: {api.url}
-    match: {{path_prefix: /partner}}
-    auth: {{type: oauth2_client_credentials, token_url: {idp.url}/token, client_id: app, client_secret: s3cret}}
-"""
-        with Ambassador(tmp_path, profile, command=("replay", str(recording))) as amb:
+        oauth = {"type": "oauth2_client_credentials", "token_url": f"{idp.url}/token", "client_id": "app", "client_secret": "s3cret"}
+        replayed = profile(upstream("partner", api.url, path_prefix="/partner", auth=oauth))
+        with Ambassador(tmp_path, replayed, command=("replay", str(recording))) as amb:
             status, _, body = amb.get("/partner/x")
             assert status == 502 and json.loads(body)["reason"] == "not_recorded"
         assert idp.received == [] and api.received == []
@@ -194,16 +184,8 @@ upstreams:
 # --- one upstream's recording never answers for another -------------------------------------
 
 
-def host_profile(alpha_url: str, beta_url: str) -> str:
-    return f"""
-upstreams:
-  alpha:
-    url: {alpha_url}
-    match: {{host: alpha.internal}}
-  beta:
-    url: {beta_url}
-    match: {{host: beta.internal}}
-"""
+def host_profile(alpha_url: str, beta_url: str) -> Profile:
+    return profile(upstream("alpha", alpha_url, host="alpha.internal"), upstream("beta", beta_url, host="beta.internal"))
 
 
 def named(name: str):
@@ -220,15 +202,15 @@ def proxied(amb: Ambassador, host: str, path: str):
 def test_replay_answers_each_upstream_from_its_own_recording(tmp_path):
     flow_file = tmp_path / "hosts.flows"
     with FakeUpstream(named("alpha")) as alpha, FakeUpstream(named("beta")) as beta:
-        profile_text = host_profile(alpha.url, beta.url)
-        with Ambassador(tmp_path, profile_text, command=("record", str(flow_file))) as amb:
+        hosts = host_profile(alpha.url, beta.url)
+        with Ambassador(tmp_path, hosts, command=("record", str(flow_file))) as amb:
             # The same client request for both: only the host tells them apart.
             assert proxied(amb, "alpha.internal", "/items")[2] == {"from": "alpha", "path": "/items"}
             assert proxied(amb, "beta.internal", "/items")[2] == {"from": "beta", "path": "/items"}
             assert proxied(amb, "alpha.internal", "/solo")[2] == {"from": "alpha", "path": "/solo"}
         recorded = len(alpha.received) + len(beta.received)
 
-        with Ambassador(tmp_path, profile_text, command=("replay", str(flow_file))) as amb:
+        with Ambassador(tmp_path, hosts, command=("replay", str(flow_file))) as amb:
             for _ in range(2):  # in either order, again and again
                 assert proxied(amb, "beta.internal", "/items") == (200, "beta", {"from": "beta", "path": "/items"})
                 assert proxied(amb, "alpha.internal", "/items") == (200, "alpha", {"from": "alpha", "path": "/items"})

@@ -8,6 +8,7 @@ import gzip
 import json
 import secrets
 import time
+from pathlib import Path
 from urllib.parse import quote, quote_plus, unquote_plus
 
 import pytest
@@ -15,6 +16,7 @@ from mitmproxy import io
 
 from harness import Ambassador, FakeUpstream, Received, Reply
 from oauth_fakes import IdentityProvider
+from profiles import profile, upstream
 
 SECRETS = {
     "BEARER_TOKEN": "bearer-" + secrets.token_hex(8),
@@ -52,30 +54,26 @@ def servers():
         yield {"partner": partner, "auth": auth, "idp": idp}
 
 
-def profile_in(folder, servers):
+def profile_in(folder, servers) -> Path:
     (folder / "pw").write_text(PASSWORD + "\n")
     partner, auth = servers["partner"].url, servers["auth"].url
     auths = {
-        "bearer": '{type: bearer, token: "${BEARER_TOKEN}"}',
-        "header": '{type: header, name: X-Api-Key, value: "${API_KEY}"}',
-        "query": '{type: query, name: api_key, value: "${QUERY_KEY}"}',
-        "basic": '{type: basic, username: svc, password: "${file:pw}"}',
-        "oauth": f'{{type: oauth2_client_credentials, token_url: "{auth}/token", client_id: app, client_secret: "${{CLIENT_SECRET}}"}}',
+        "bearer": {"type": "bearer", "token": "${BEARER_TOKEN}"},
+        "header": {"type": "header", "name": "X-Api-Key", "value": "${API_KEY}"},
+        "query": {"type": "query", "name": "api_key", "value": "${QUERY_KEY}"},
+        "basic": {"type": "basic", "username": "svc", "password": "${file:pw}"},
+        "oauth": {
+            "type": "oauth2_client_credentials", "token_url": f"{auth}/token", "client_id": "app", "client_secret": "${CLIENT_SECRET}",
+        },
     }
-    upstreams = "".join(
-        f"""
-  {kind}:
-    url: {partner}/{kind}
-    match: {{path_prefix: /{kind}}}
-    auth: {auths[kind]}
-    cache: {{ttl: 60s}}
-    async: {{keep: 1h}}"""
-        for kind in KINDS
+    reflecting = profile(
+        *(
+            upstream(kind, f"{partner}/{kind}", path_prefix=f"/{kind}", auth=auths[kind], cache={"ttl": "60s"}, async_={"keep": "1h"})
+            for kind in KINDS
+        ),
+        aggregates={"/everything": {kind: f"{kind}:/part" for kind in KINDS}},
     )
-    parts = "".join(f"\n    {kind}: {kind}:/part" for kind in KINDS)
-    profile = folder / "reflecting.yaml"
-    profile.write_text(f"upstreams:{upstreams}\naggregates:\n  /everything:{parts}\n")
-    return profile
+    return reflecting.write(folder / "reflecting.yaml")
 
 
 def forbidden(servers) -> list[str]:

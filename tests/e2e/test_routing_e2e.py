@@ -5,6 +5,7 @@ import json
 import pytest
 
 from harness import Ambassador, FakeUpstream, echo
+from profiles import profile, upstream
 
 
 @pytest.fixture(scope="module")
@@ -15,19 +16,12 @@ def upstreams():
 
 @pytest.fixture(scope="module")
 def amb(upstreams, tmp_path_factory):
-    profile = f"""
-upstreams:
-  billing:
-    url: {upstreams['billing'].url}/v2
-    match: {{path_prefix: /billing, host: billing.internal}}
-  billing-reports:
-    url: {upstreams['billing_v2'].url}/reports/
-    match: {{path_prefix: /billing/reports}}
-  rooted:
-    url: {upstreams['root'].url}
-    match: {{path_prefix: /root}}
-"""
-    with Ambassador(tmp_path_factory.mktemp("routing"), profile) as a:
+    routes = profile(
+        upstream("billing", f"{upstreams['billing'].url}/v2", path_prefix="/billing", host="billing.internal"),
+        upstream("billing-reports", f"{upstreams['billing_v2'].url}/reports/", path_prefix="/billing/reports"),
+        upstream("rooted", upstreams["root"].url, path_prefix="/root"),
+    )
+    with Ambassador(tmp_path_factory.mktemp("routing"), routes) as a:
         yield a
 
 

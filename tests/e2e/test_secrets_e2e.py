@@ -7,12 +7,14 @@ import json
 import secrets
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 from mitmproxy import io
 
 from harness import Ambassador, FakeUpstream, Received, Reply
 from oauth_fakes import IdentityProvider
+from profiles import profile, upstream
 from webui import WebAmbassador
 
 SECRETS = {
@@ -66,42 +68,22 @@ def servers(malformed):
         yield {"plain": plain, "auth": auth, "api": api, "idp": idp, "malformed": malformed}
 
 
-def profile_in(folder, servers) -> str:
+def profile_in(folder, servers) -> Path:
     (folder / "pw").write_text(PASSWORD + "\n")
     plain, auth, api = servers["plain"].url, servers["auth"].url, servers["api"].url
-    profile = folder / "secrets.yaml"
-    profile.write_text(f"""
-upstreams:
-  bearer:
-    url: {plain}
-    match: {{path_prefix: /bearer}}
-    auth: {{type: bearer, token: "${{BEARER_TOKEN}}"}}
-  header:
-    url: {plain}
-    match: {{path_prefix: /header}}
-    auth: {{type: header, name: X-Api-Key, value: "${{API_KEY}}"}}
-  query:
-    url: {plain}
-    match: {{path_prefix: /query}}
-    auth: {{type: query, name: api_key, value: "${{QUERY_KEY}}"}}
-  query-malformed:
-    url: {servers["malformed"]}
-    match: {{path_prefix: /query-malformed}}
-    auth: {{type: query, name: api_key, value: "${{QUERY_KEY}}"}}
-  basic:
-    url: {plain}
-    match: {{path_prefix: /basic}}
-    auth: {{type: basic, username: svc, password: "${{file:pw}}"}}
-  oauth:
-    url: {api}
-    match: {{path_prefix: /oauth}}
-    auth: {{type: oauth2_client_credentials, token_url: "{auth}/token", client_id: app, client_secret: "${{CLIENT_SECRET}}", auth_style: body}}
-  oauth-basic:
-    url: {api}
-    match: {{path_prefix: /oauth-basic}}
-    auth: {{type: oauth2_client_credentials, token_url: "{auth}/token", client_id: app, client_secret: "${{CLIENT_SECRET}}"}}
-""")
-    return profile
+    oauth = {"type": "oauth2_client_credentials", "token_url": f"{auth}/token", "client_id": "app", "client_secret": "${CLIENT_SECRET}"}
+    return profile(
+        upstream("bearer", plain, path_prefix="/bearer", auth={"type": "bearer", "token": "${BEARER_TOKEN}"}),
+        upstream("header", plain, path_prefix="/header", auth={"type": "header", "name": "X-Api-Key", "value": "${API_KEY}"}),
+        upstream("query", plain, path_prefix="/query", auth={"type": "query", "name": "api_key", "value": "${QUERY_KEY}"}),
+        upstream(
+            "query-malformed", servers["malformed"], path_prefix="/query-malformed",
+            auth={"type": "query", "name": "api_key", "value": "${QUERY_KEY}"},
+        ),
+        upstream("basic", plain, path_prefix="/basic", auth={"type": "basic", "username": "svc", "password": "${file:pw}"}),
+        upstream("oauth", api, path_prefix="/oauth", auth={**oauth, "auth_style": "body"}),
+        upstream("oauth-basic", api, path_prefix="/oauth-basic", auth=oauth),
+    ).write(folder / "secrets.yaml")
 
 
 def exercise(amb, servers) -> None:

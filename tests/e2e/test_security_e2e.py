@@ -6,13 +6,14 @@ import json
 import pytest
 
 from harness import Ambassador, FakeUpstream, echo, listening_addresses
+from profiles import profile, upstream
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     with FakeUpstream(echo) as app, FakeUpstream(echo) as bystander:
-        profile = f"upstreams:\n  app:\n    url: {app.url}/base\n    match: {{path_prefix: /app, host: app.internal}}\n"
-        with Ambassador(tmp_path_factory.mktemp("security"), profile) as amb:
+        routes = profile(upstream("app", f"{app.url}/base", path_prefix="/app", host="app.internal"))
+        with Ambassador(tmp_path_factory.mktemp("security"), routes) as amb:
             yield amb, app, bystander
 
 

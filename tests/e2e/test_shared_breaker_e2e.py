@@ -7,20 +7,20 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from harness import Ambassador, FakeUpstream, Reply, Switch
+from profiles import Profile, profile, upstream
 from redis_server import RedisServer
 
 NAMES = ("spread", "trials", "restart", "impatient")
 
 
-def profile(redis_url: str, servers: dict) -> str:
-    return f"state: {redis_url}\nupstreams:\n" + "".join(
-        f"""  {name}:
-    url: {server.url}
-    match: {{path_prefix: /{name}}}
-    timeout: {"500ms" if name == "impatient" else "5s"}
-    breaker: {{fail_max: 3, reset_timeout: 2s, half_open_max: 2}}
-"""
-        for name, server in servers.items()
+def shared_profile(redis_url: str, servers: dict) -> Profile:
+    breaker = {"fail_max": 3, "reset_timeout": "2s", "half_open_max": 2}
+    return profile(
+        *(
+            upstream(name, server.url, path_prefix=f"/{name}", timeout="500ms" if name == "impatient" else "5s", breaker=breaker)
+            for name, server in servers.items()
+        ),
+        state=redis_url,
     )
 
 
@@ -37,11 +37,11 @@ def upstreams():
 def cluster(upstreams, tmp_path_factory):
     folder = tmp_path_factory.mktemp("shared")
     with RedisServer(folder) as redis:
-        text = profile(redis.url, {name: server for name, (_, server) in upstreams.items()})
+        shared = shared_profile(redis.url, {name: server for name, (_, server) in upstreams.items()})
         (folder / "a").mkdir()
         (folder / "b").mkdir()
-        with Ambassador(folder / "a", text) as a, Ambassador(folder / "b", text) as b:
-            yield a, b, text, folder
+        with Ambassador(folder / "a", shared) as a, Ambassador(folder / "b", shared) as b:
+            yield a, b, shared, folder
 
 
 def refused(answer) -> bool:
@@ -114,13 +114,13 @@ def test_half_open_trials_are_limited_across_instances(cluster, upstreams):
 
 
 def test_failure_counts_survive_an_instance_starting(cluster, upstreams):
-    a, b, text, folder = cluster
+    a, b, shared, folder = cluster
     switch, _ = upstreams["restart"]
     switch.reply = Reply(500)
     for _ in range(2):
         assert a.get("/restart/x")[0] == 500
     (folder / "c").mkdir()
-    with Ambassador(folder / "c", text) as c:
+    with Ambassador(folder / "c", shared) as c:
         assert c.get("/restart/x")[0] == 500  # the third consecutive failure, counted on top
         assert refused(c.get("/restart/x"))
     deadline = time.monotonic() + 1.5
@@ -133,10 +133,10 @@ def test_failure_counts_survive_an_instance_starting(cluster, upstreams):
 def test_redis_going_down_fails_no_request(tmp_path):
     switch = Switch()
     with FakeUpstream(switch) as server, RedisServer(tmp_path) as redis:
-        text = profile(redis.url, {"partner": server})
+        shared = shared_profile(redis.url, {"partner": server})
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
-        with Ambassador(tmp_path / "a", text) as a, Ambassador(tmp_path / "b", text) as b:
+        with Ambassador(tmp_path / "a", shared) as a, Ambassador(tmp_path / "b", shared) as b:
             for instance in (a, b):
                 assert instance.get("/partner/x")[0] == 200
             redis.kill()

@@ -10,6 +10,7 @@ import redis.cluster
 
 from addons.breaker import SHARED_RETRY
 from harness import Ambassador, FakeUpstream, Received, Reply, Switch, run_sh
+from profiles import Profile, profile, upstream
 from redis_server import RedisCluster, TlsRedisServer
 
 PASSWORD = "pw-9f3c1e77d2"
@@ -20,19 +21,12 @@ def cached(req: Received) -> Reply:
     return Reply(200, [("Cache-Control", f"max-age={max_age}")], f"body of {req.path}".encode().ljust(2000, b"."))
 
 
-def profile(state: str, flaky: FakeUpstream, stored: FakeUpstream) -> str:
-    return f"""
-state: "{state}"
-upstreams:
-  flaky:
-    url: {flaky.url}
-    match: {{path_prefix: /flaky}}
-    breaker: {{fail_max: 2, reset_timeout: 60s}}
-  stored:
-    url: {stored.url}
-    match: {{path_prefix: /s}}
-    cache: {{store: redis, max_bytes: 1MB}}
-"""
+def shared_profile(state: str, flaky: FakeUpstream, stored: FakeUpstream) -> Profile:
+    return profile(
+        upstream("flaky", flaky.url, path_prefix="/flaky", breaker={"fail_max": 2, "reset_timeout": "60s"}),
+        upstream("stored", stored.url, path_prefix="/s", cache={"store": "redis", "max_bytes": "1MB"}),
+        state=state,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +47,10 @@ def shared(request, tmp_path_factory):
         client = redis.cluster.RedisCluster.from_url(server.url.replace("redis+cluster", "redis"))
     switch = Switch()
     with FakeUpstream(switch) as flaky, FakeUpstream(cached) as stored:
-        text = profile(server.url, flaky, stored)
+        shared = shared_profile(server.url, flaky, stored)
         (folder / "a").mkdir()
         (folder / "b").mkdir()
-        with Ambassador(folder / "a", text) as a, Ambassador(folder / "b", text) as b:
+        with Ambassador(folder / "a", shared) as a, Ambassador(folder / "b", shared) as b:
             yield client, (a, b), switch, stored
     client.close()
 
@@ -124,14 +118,14 @@ def test_a_password_in_the_url_never_shows(tls_server, tmp_path):
     flaky_switch = Switch()
     with FakeUpstream(flaky_switch) as flaky, FakeUpstream(cached) as origin:
         (tmp_path / "a").mkdir()
-        with Ambassador(tmp_path / "a", profile(url, flaky, origin)) as a:
+        with Ambassador(tmp_path / "a", shared_profile(url, flaky, origin)) as a:
             a.get("/s/secret")
             assert a.get("/s/secret")[1]["X-Cache"] == "HIT"  # the password let it in
             assert PASSWORD not in json.dumps(a.status()) + a.output
         # A wrong password: the store and the breaker fail and say so, without the URL's password.
         wrong = url.replace(PASSWORD, "wrong-" + PASSWORD)
         (tmp_path / "c").mkdir()
-        with Ambassador(tmp_path / "c", profile(wrong, flaky, origin)) as c:
+        with Ambassador(tmp_path / "c", shared_profile(wrong, flaky, origin)) as c:
             assert c.get("/s/secret")[1]["X-Cache"] == "MISS"
             assert c.get("/flaky/x")[0] == 200
             deadline = time.monotonic() + 10
@@ -141,7 +135,7 @@ def test_a_password_in_the_url_never_shows(tls_server, tmp_path):
                 time.sleep(0.05)
             assert PASSWORD not in json.dumps(c.status()) + c.output
     # A profile whose state is not valid names it with the password hidden.
-    (tmp_path / "bad.yaml").write_text(profile(url.replace("rediss://", "rediss+nope://"), origin, origin))
+    shared_profile(url.replace("rediss://", "rediss+nope://"), origin, origin).write(tmp_path / "bad.yaml")
     checked = run_sh("check", str(tmp_path / "bad.yaml"))
     said = checked.stdout + checked.stderr
     assert checked.returncode != 0 and "state:" in said and ":***@" in said and PASSWORD not in said
@@ -150,7 +144,7 @@ def test_a_password_in_the_url_never_shows(tls_server, tmp_path):
 def test_a_cluster_going_down_fails_no_request(tmp_path):
     with RedisCluster(tmp_path) as cluster, FakeUpstream(Switch()) as flaky, FakeUpstream(cached) as origin:
         (tmp_path / "a").mkdir()
-        with Ambassador(tmp_path / "a", profile(cluster.url, flaky, origin)) as a:
+        with Ambassador(tmp_path / "a", shared_profile(cluster.url, flaky, origin)) as a:
             assert a.get("/flaky/x")[0] == 200 and a.get("/s/down")[1]["X-Cache"] == "MISS"
             assert a.get("/s/down")[1]["X-Cache"] == "HIT"
             cluster.kill()

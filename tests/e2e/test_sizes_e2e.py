@@ -14,6 +14,7 @@ import zlib
 import pytest
 
 from harness import Ambassador, FakeUpstream, Received, Reply
+from profiles import Profile, profile, upstream
 
 MB = 1024**2
 BOUND = 16 * MB
@@ -59,53 +60,28 @@ def answer(req: Received) -> Reply:
 
 
 @pytest.fixture(scope="module")
-def upstream():
+def server():
     with FakeUpstream(answer) as up:
         yield up
 
 
-def profile(up: FakeUpstream) -> str:
-    return f"""
-upstreams:
-  api:
-    url: {up.url}/api
-    match: {{path_prefix: /api}}
-  cached:
-    url: {up.url}/cached
-    match: {{path_prefix: /cached}}
-    cache: {{}}
-  soap:
-    url: {up.url}/soap
-    match: {{path_prefix: /soap}}
-    soap: {{namespace: "{SOAP_NS}"}}
-  soapover:
-    url: {up.url}/soap-over
-    match: {{path_prefix: /soapover}}
-    soap: {{namespace: "{SOAP_NS}"}}
-  soapbomb:
-    url: {up.url}/soap-bomb
-    match: {{path_prefix: /soapbomb}}
-    soap: {{namespace: "{SOAP_NS}"}}
-  jobs:
-    url: {up.url}/jobs
-    match: {{path_prefix: /jobs}}
-    async: {{keep: 1h}}
-  brief:
-    url: {up.url}/brief
-    match: {{path_prefix: /brief}}
-    async: {{keep: 1s}}
-aggregates:
-  /both/{{id}}:
-    bomb: api:/{{id}}/bomb
-    fine: api:/{{id}}/fine
-    over: api:/{{id}}/over
-"""
+def sized_profile(up: FakeUpstream) -> Profile:
+    return profile(
+        upstream("api", f"{up.url}/api", path_prefix="/api"),
+        upstream("cached", f"{up.url}/cached", path_prefix="/cached", cache={}),
+        upstream("soap", f"{up.url}/soap", path_prefix="/soap", soap={"namespace": SOAP_NS}),
+        upstream("soapover", f"{up.url}/soap-over", path_prefix="/soapover", soap={"namespace": SOAP_NS}),
+        upstream("soapbomb", f"{up.url}/soap-bomb", path_prefix="/soapbomb", soap={"namespace": SOAP_NS}),
+        upstream("jobs", f"{up.url}/jobs", path_prefix="/jobs", async_={"keep": "1h"}),
+        upstream("brief", f"{up.url}/brief", path_prefix="/brief", async_={"keep": "1s"}),
+        aggregates={"/both/{id}": {"bomb": "api:/{id}/bomb", "fine": "api:/{id}/fine", "over": "api:/{id}/over"}},
+    )
 
 
 @pytest.fixture(scope="module")
-def amb(upstream, tmp_path_factory):
+def amb(server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sizes")
-    with Ambassador(tmp, profile(upstream), env={"AMBASSADOR_STATE_DIR": str(tmp / "state")}) as a:
+    with Ambassador(tmp, sized_profile(server), env={"AMBASSADOR_STATE_DIR": str(tmp / "state")}) as a:
         yield a
 
 
@@ -141,19 +117,19 @@ def test_a_gzip_bomb_fails_its_batch_item_and_the_answer_is_compact(amb):
     assert amb.peak_rss_kib() - before < GROWTH_KIB
 
 
-def test_a_batch_of_more_than_100_items_is_refused_unsent(amb, upstream):
-    sent = len(upstream.received)
+def test_a_batch_of_more_than_100_items_is_refused_unsent(amb, server):
+    sent = len(server.received)
     status, raw = batch(amb, [{"path": "/api/fine"}] * 101)
     assert status == 400
     error = json.loads(raw)
     assert error["reason"] == "bad_request" and "at most 100" in error["error"]
-    assert len(upstream.received) == sent
+    assert len(server.received) == sent
     status, raw = batch(amb, [{"path": "/api/fine"}] * 100)
     assert status == 200 and len(json.loads(raw)) == 100
 
 
-def test_a_batch_answer_is_bounded_in_total_by_body_size_limit(upstream, tmp_path):
-    with Ambassador(tmp_path, profile(upstream), "--set", "body_size_limit=1m") as amb:
+def test_a_batch_answer_is_bounded_in_total_by_body_size_limit(server, tmp_path):
+    with Ambassador(tmp_path, sized_profile(server), "--set", "body_size_limit=1m") as amb:
         status, raw = batch(amb, [{"path": f"/api/{n}/part"} for n in range(3)])
     assert status == 200
     answers = json.loads(raw)
@@ -175,13 +151,13 @@ def test_a_soap_answer_over_the_bound_is_too_large_and_not_parsed(amb, prefix):
     assert (status, json.loads(raw)) == (200, {"ok": "yes"})  # the stage itself still works
 
 
-def test_a_cacheable_answer_over_the_bound_is_answered_but_not_stored(amb, upstream):
-    sent = len(upstream.received)
+def test_a_cacheable_answer_over_the_bound_is_answered_but_not_stored(amb, server):
+    sent = len(server.received)
     for _ in range(2):
         status, headers, raw = amb.get("/cached/over")
         assert status == 200 and raw == OVER  # under body_size_limit (64 MB): the client gets it
         assert headers["X-Cache"] == "MISS"
-    assert len(upstream.received) == sent + 2
+    assert len(server.received) == sent + 2
 
 
 def submit(amb, path: str) -> tuple[int, dict, dict]:
@@ -212,9 +188,9 @@ def test_1000_jobs_per_upstream_then_429_with_retry_after(amb):
     assert submit(amb, "/brief/x")[0] == 202  # counted per upstream
 
 
-def test_expired_jobs_are_deleted_and_free_their_place(upstream, tmp_path):
+def test_expired_jobs_are_deleted_and_free_their_place(server, tmp_path):
     state = tmp_path / "state"
-    with Ambassador(tmp_path, profile(upstream), "--set", "ambassador_async_max_jobs=2", env={"AMBASSADOR_STATE_DIR": str(state)}) as amb:
+    with Ambassador(tmp_path, sized_profile(server), "--set", "ambassador_async_max_jobs=2", env={"AMBASSADOR_STATE_DIR": str(state)}) as amb:
         locations = []
         for path in ("/brief/held/a", "/brief/held/over"):
             status, headers, _ = submit(amb, path)

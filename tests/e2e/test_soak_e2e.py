@@ -5,6 +5,7 @@ import threading
 from collections import Counter
 
 from harness import Ambassador, FakeUpstream, Reply
+from profiles import Profile, profile, upstream
 
 WORKERS = 8
 
@@ -44,8 +45,7 @@ def rss_kib(pid: int) -> int:
 
 def test_memory_stays_flat_over_many_requests(tmp_path):
     with FakeUpstream(lambda req: Reply.json({"path": req.path})) as up:
-        profile = f"upstreams:\n  app:\n    url: {up.url}\n    match: {{path_prefix: /app}}\n"
-        with Ambassador(tmp_path, profile, "-q") as amb:
+        with Ambassador(tmp_path, profile(upstream("app", up.url, path_prefix="/app")), "-q") as amb:
             paths = [f"/app/item/{i % 500}?v={i}" for i in range(8_000)]  # distinct and repeated keys
             assert hammer(amb.port, paths[:1_500]) == Counter({200: 1_500})
             early = rss_kib(amb.proc.pid)
@@ -56,17 +56,18 @@ def test_memory_stays_flat_over_many_requests(tmp_path):
 
 def test_profile_reload_under_load_loses_no_request(tmp_path):
     with FakeUpstream(lambda req: Reply.json({"ok": True})) as up:
-        profile = tmp_path / "live.yaml"
-        text = "upstreams:\n  app:\n    url: {url}\n    match: {{path_prefix: /app}}\n    timeout: {t}s\n"
-        profile.write_text(text.format(url=up.url, t=10))
-        with Ambassador(tmp_path, profile, "--set", "flow_detail=0") as amb:
+        def live(timeout: int) -> Profile:
+            return profile(upstream("app", up.url, path_prefix="/app", timeout=f"{timeout}s"))
+
+        path = live(10).write(tmp_path / "live.yaml")
+        with Ambassador(tmp_path, path, "--set", "flow_detail=0") as amb:
             stop = threading.Event()
             result: list[Counter] = []
             load = threading.Thread(target=lambda: result.append(hammer(amb.port, ["/app/x", "/app/y"], stop)))
             load.start()
             for n in range(4):
                 mark = len(amb.lines)
-                profile.write_text(text.format(url=up.url, t=11 + n))  # a changed upstream: a new service
+                live(11 + n).write(path)  # a changed upstream: a new service
                 amb.wait_for_log(r"profile .* loaded", timeout=10, start=mark)
             stop.set()
             load.join(30)

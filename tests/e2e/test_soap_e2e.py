@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from harness import Ambassador, FakeUpstream, Received, Reply
+from profiles import profile, upstream
 
 NS = "http://legacy.example.com/ns"
 SOAP11 = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -93,24 +94,18 @@ def services():
 
 @pytest.fixture(scope="module")
 def amb(services, tmp_path_factory):
-    profile = f"""
-upstreams:
-  legacy:
-    url: {services['1.1'][1].url}/soap/endpoint
-    match: {{path_prefix: /legacy}}
-    soap: {{namespace: "{NS}"}}
-  legacy12:
-    url: {services['1.2'][1].url}/soap/endpoint
-    match: {{path_prefix: /legacy12}}
-    timeout: 5s
-    soap: {{namespace: "{NS}", version: "1.2"}}
-  busy:
-    url: {services['busy'][1].url}/soap/endpoint
-    match: {{path_prefix: /busy}}
-    soap: {{namespace: "{NS}"}}
-    retry: {{attempts: 3, backoff: 10ms, methods: [POST]}}
-"""
-    with Ambassador(tmp_path_factory.mktemp("soap"), profile) as a:
+    soap_services = profile(
+        upstream("legacy", f"{services['1.1'][1].url}/soap/endpoint", path_prefix="/legacy", soap={"namespace": NS}),
+        upstream(
+            "legacy12", f"{services['1.2'][1].url}/soap/endpoint", path_prefix="/legacy12", timeout="5s",
+            soap={"namespace": NS, "version": "1.2"},
+        ),
+        upstream(
+            "busy", f"{services['busy'][1].url}/soap/endpoint", path_prefix="/busy", soap={"namespace": NS},
+            retry={"attempts": 3, "backoff": "10ms", "methods": ["POST"]},
+        ),
+    )
+    with Ambassador(tmp_path_factory.mktemp("soap"), soap_services) as a:
         yield a
 
 

@@ -7,6 +7,7 @@ import urllib.request
 import pytest
 
 from harness import Ambassador
+from profiles import profile, upstream
 from spyne_server import NS, SpyneService
 
 
@@ -22,23 +23,15 @@ def amb(services, tmp_path_factory):
     (folder / "legacy").mkdir()
     # 1.1 reads its WSDL from a file beside the profile, 1.2 from the service's URL.
     (folder / "legacy" / "orders.wsdl").write_bytes(urllib.request.urlopen(services["1.1"].url + "?wsdl").read())
-    profile = f"""
-upstreams:
-  orders:
-    url: {services['1.1'].url}
-    match: {{path_prefix: /orders}}
-    soap: {{namespace: "{NS}", wsdl: legacy/orders.wsdl}}
-  orders12:
-    url: {services['1.2'].url}
-    match: {{path_prefix: /orders12}}
-    soap: {{namespace: "{NS}", version: "1.2", wsdl: "{services['1.2'].url}?wsdl"}}
-  bare:
-    url: {services['1.1'].url}
-    match: {{path_prefix: /bare}}
-    soap: {{namespace: "{NS}", action: "{{operation}}"}}
-"""
-    (folder / "profile.yaml").write_text(profile)
-    with Ambassador(folder, folder / "profile.yaml") as a:
+    wsdl_services = profile(
+        upstream("orders", services["1.1"].url, path_prefix="/orders", soap={"namespace": NS, "wsdl": "legacy/orders.wsdl"}),
+        upstream(
+            "orders12", services["1.2"].url, path_prefix="/orders12",
+            soap={"namespace": NS, "version": "1.2", "wsdl": f"{services['1.2'].url}?wsdl"},
+        ),
+        upstream("bare", services["1.1"].url, path_prefix="/bare", soap={"namespace": NS, "action": "{operation}"}),
+    )
+    with Ambassador(folder, wsdl_services) as a:
         yield a
 
 

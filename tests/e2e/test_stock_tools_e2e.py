@@ -7,17 +7,17 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from harness import ROOT, FakeUpstream, StockTool, echo, free_port, listening_addresses, run_sh
+from profiles import Profile, profile, upstream
 
 STARTUP_LIMIT = 5.0
 
 
-def profile(url: str) -> str:
-    return f"upstreams:\n  app:\n    url: {url}/base\n    match: {{path_prefix: /app}}\n    retry: {{attempts: 2, backoff: 1ms}}\n"
+def app_profile(url: str) -> Profile:
+    return profile(upstream("app", f"{url}/base", path_prefix="/app", retry={"attempts": 2, "backoff": "1ms"}))
 
 
 def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
@@ -32,7 +32,7 @@ def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
 @pytest.mark.parametrize("tool", ["mitmdump", "mitmweb"])
 def test_the_suite_runs_under_the_stock_tool(tmp_path, tool):
     extra = ("--set", f"web_port={free_port()}", "--set", "web_open_browser=false") if tool == "mitmweb" else ()
-    with FakeUpstream(echo) as up, StockTool(tmp_path, profile(up.url), *extra, tool=tool) as amb:
+    with FakeUpstream(echo) as up, StockTool(tmp_path, app_profile(up.url), *extra, tool=tool) as amb:
         status, headers, body = amb.get("/app/x?y=1")
         assert status == 200 and headers["X-Ambassador-Upstream"] == "app"
         assert json.loads(body)["path"] == "/base/x?y=1"
@@ -51,7 +51,7 @@ def test_the_default_profile_is_the_shipped_one(tmp_path):
 
 def test_listen_host_given_by_the_user_is_kept(tmp_path):
     with FakeUpstream(echo) as up:
-        amb = StockTool(tmp_path, profile(up.url), "--listen-host", "127.0.0.2")
+        amb = StockTool(tmp_path, app_profile(up.url), "--listen-host", "127.0.0.2")
         amb.proc = subprocess.Popen(amb.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=amb.env, cwd=amb.cwd, start_new_session=True)
         try:
             wait_until(lambda: listening_addresses(amb.port), timeout=30, what="listener")
@@ -61,8 +61,8 @@ def test_listen_host_given_by_the_user_is_kept(tmp_path):
 
 
 def test_a_broken_profile_stops_the_stock_tool_with_its_message(tmp_path):
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("upstreams:\n  billing:\n    url: http://127.0.0.1:1\n    match: {path_prefix: /b}\n    breaker: {fail_max: 0}\n")
+    broken = profile(upstream("billing", "http://127.0.0.1:1", path_prefix="/b", breaker={"fail_max": 0}))
+    broken = broken.write(tmp_path / "broken.yaml")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     started = time.monotonic()
     result = subprocess.run(
@@ -95,7 +95,7 @@ def test_user_scripts_before_and_after_the_suite_compose(tmp_path):
     before.write_text(BEFORE)
     after.write_text(AFTER)
     with FakeUpstream(echo) as up:
-        amb = StockTool(tmp_path, profile(up.url), "-s", str(after))
+        amb = StockTool(tmp_path, app_profile(up.url), "-s", str(after))
         amb.argv[1:1] = ["-s", str(before)]  # before addons/ambassador.py
         with amb:
             status, headers, body = amb.get("/app/x")
@@ -107,7 +107,7 @@ def test_user_scripts_before_and_after_the_suite_compose(tmp_path):
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="the console UI needs a terminal: tmux")
 def test_the_console_ui_runs_the_suite(tmp_path):
     with FakeUpstream(echo) as up:
-        amb = StockTool(tmp_path, profile(up.url), tool="mitmproxy")
+        amb = StockTool(tmp_path, app_profile(up.url), tool="mitmproxy")
         session = f"ambassador-{amb.port}"
         command = " ".join(f"'{arg}'" for arg in amb.argv)
         subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50", "env", "-u", "PYTHONPATH", "sh", "-c", command], check=True)

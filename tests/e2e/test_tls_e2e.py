@@ -14,6 +14,7 @@ import trustme
 
 from harness import Ambassador, FakeUpstream, Received, Reply, echo, run_sh
 from oauth_fakes import IdentityProvider
+from profiles import profile, upstream
 
 
 def https_upstream(handler, ca: trustme.CA, client_ca: trustme.CA | None = None, name: str = "127.0.0.1") -> FakeUpstream:
@@ -64,72 +65,24 @@ def servers(pki):
 
 @pytest.fixture(scope="module")
 def amb(pki, servers, tmp_path_factory):
-    partner, bank = servers["partner"].url, servers["bank"].url
+    partner, bank, api = servers["partner"].url, servers["bank"].url, servers["api"].url
     profile_dir = pki["folder"]  # relative certificate paths are relative to the profile's folder
-    profile = profile_dir / "tls.yaml"
-    profile.write_text(f"""
-upstreams:
-  partner:
-    url: {partner}/v1
-    match: {{path_prefix: /partner}}
-    tls: {{ca: partner-ca.pem}}
-  bank:
-    url: {bank}
-    match: {{path_prefix: /bank}}
-    tls: {{ca: bank-ca.pem, client_cert: client.pem, client_key: client.key}}
-  bank-combined-pem:
-    url: {bank}
-    match: {{path_prefix: /bank-combined}}
-    tls: {{ca: bank-ca.pem, client_cert: client-with-key.pem}}
-  bank-without-cert:
-    url: {bank}
-    match: {{path_prefix: /bank-without-cert}}
-    tls: {{ca: bank-ca.pem}}
-  bank-wrong-cert:
-    url: {bank}
-    match: {{path_prefix: /bank-wrong-cert}}
-    tls: {{ca: bank-ca.pem, client_cert: stranger.pem}}
-  partner-unknown-ca:
-    url: {partner}
-    match: {{path_prefix: /unknown-ca}}
-  partner-wrong-ca:
-    url: {partner}
-    match: {{path_prefix: /wrong-ca}}
-    tls: {{ca: bank-ca.pem}}
-  partner-insecure:
-    url: {partner}
-    match: {{path_prefix: /insecure}}
-    tls: {{verify: false}}
-  partner-oauth:
-    url: {servers['api'].url}
-    match: {{path_prefix: /oauth}}
-    tls: {{ca: partner-ca.pem}}
-    auth:
-      type: oauth2_client_credentials
-      token_url: {servers['auth'].url}/oauth/token
-      client_id: app
-      client_secret: tls-client-secret
-  partner-oauth-insecure:
-    url: {servers['api'].url}
-    match: {{path_prefix: /oauth-insecure}}
-    timeout: 1s
-    tls: {{verify: false}}
-    auth:
-      type: oauth2_client_credentials
-      token_url: {servers['auth'].url}/oauth/token
-      client_id: app
-      client_secret: tls-client-secret
-  partner-oauth-untrusted:
-    url: {servers['api'].url}
-    match: {{path_prefix: /oauth-untrusted}}
-    timeout: 1s
-    auth:
-      type: oauth2_client_credentials
-      token_url: {servers['auth'].url}/oauth/token
-      client_id: app
-      client_secret: tls-client-secret
-""")
-    with Ambassador(tmp_path_factory.mktemp("tls"), profile) as a:
+    token_url = f"{servers['auth'].url}/oauth/token"
+    oauth = dict(type="oauth2_client_credentials", token_url=token_url, client_id="app", client_secret="tls-client-secret")
+    tls_profile = profile(
+        upstream("partner", f"{partner}/v1", path_prefix="/partner", tls={"ca": "partner-ca.pem"}),
+        upstream("bank", bank, path_prefix="/bank", tls={"ca": "bank-ca.pem", "client_cert": "client.pem", "client_key": "client.key"}),
+        upstream("bank-combined-pem", bank, path_prefix="/bank-combined", tls={"ca": "bank-ca.pem", "client_cert": "client-with-key.pem"}),
+        upstream("bank-without-cert", bank, path_prefix="/bank-without-cert", tls={"ca": "bank-ca.pem"}),
+        upstream("bank-wrong-cert", bank, path_prefix="/bank-wrong-cert", tls={"ca": "bank-ca.pem", "client_cert": "stranger.pem"}),
+        upstream("partner-unknown-ca", partner, path_prefix="/unknown-ca"),
+        upstream("partner-wrong-ca", partner, path_prefix="/wrong-ca", tls={"ca": "bank-ca.pem"}),
+        upstream("partner-insecure", partner, path_prefix="/insecure", tls={"verify": False}),
+        upstream("partner-oauth", api, path_prefix="/oauth", tls={"ca": "partner-ca.pem"}, auth=oauth),
+        upstream("partner-oauth-insecure", api, path_prefix="/oauth-insecure", timeout="1s", tls={"verify": False}, auth=oauth),
+        upstream("partner-oauth-untrusted", api, path_prefix="/oauth-untrusted", timeout="1s", auth=oauth),
+    ).write(profile_dir / "tls.yaml")
+    with Ambassador(tmp_path_factory.mktemp("tls"), tls_profile) as a:
         yield a
 
 
@@ -186,20 +139,14 @@ def test_the_token_endpoint_is_trusted_through_the_upstreams_ca(amb, servers):
 
 def test_unusable_certificate_files_stop_startup_with_the_key_path(tmp_path):
     (tmp_path / "not-a-cert.pem").write_text("hello\n")
-    profile = tmp_path / "broken.yaml"
-    profile.write_text("""
-upstreams:
-  partner:
-    url: https://127.0.0.1:9/
-    match: {path_prefix: /p}
-    tls: {client_cert: not-a-cert.pem}
-""")
-    amb = Ambassador(tmp_path, profile)
+    unusable = upstream("partner", "https://127.0.0.1:9/", path_prefix="/p", tls={"client_cert": "not-a-cert.pem"})
+    broken = profile(unusable).write(tmp_path / "broken.yaml")
+    amb = Ambassador(tmp_path, broken)
     with pytest.raises(AssertionError, match="ambassador exited"):
         amb.start()
     assert amb.proc.wait(10) == 2
     assert "upstreams.partner.tls" in amb.output and "Traceback" not in amb.output
-    checked = run_sh("check", str(profile))  # `check` refuses it too, for the same reason
+    checked = run_sh("check", str(broken))  # `check` refuses it too, for the same reason
     assert checked.returncode == 2 and "upstreams.partner.tls: cannot use the certificates" in checked.stderr
 
 
@@ -253,14 +200,11 @@ def test_a_server_that_hangs_up_after_the_handshake_gets_a_client_certificate_hi
                 pass
 
     threading.Thread(target=serve, daemon=True).start()
-    profile = tmp_path / "hangup.yaml"
     (tmp_path / "ca.pem").write_bytes(pki["partner_ca"].cert_pem.bytes())
-    profile.write_text(
-        f"upstreams:\n  strict:\n    url: https://127.0.0.1:{listener.getsockname()[1]}\n"
-        f"    match: {{path_prefix: /strict}}\n    tls: {{ca: ca.pem}}\n    timeout: 3s\n"
-    )
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+    strict = upstream("strict", url, path_prefix="/strict", tls={"ca": "ca.pem"}, timeout="3s")
     try:
-        with Ambassador(tmp_path, profile) as amb:
+        with Ambassador(tmp_path, profile(strict)) as amb:
             status, _, body = amb.get("/strict/x")
             answer = json.loads(body)
             assert status == 502 and answer["reason"] == "connect_error"

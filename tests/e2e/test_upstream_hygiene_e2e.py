@@ -7,6 +7,7 @@ import time
 import pytest
 
 from harness import Ambassador, KeepAliveRawUpstream, Received, raw_exchange
+from profiles import profile, upstream
 
 INJECTED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nCache-Control: max-age=60\r\n\r\nINJECTED"
 TRAILING = b"INJECTED BYTES AFTER THE BODY"
@@ -49,12 +50,11 @@ def setup(tmp_path_factory):
     raws["switch"] = KeepAliveRawUpstream(lambda req: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
     raws["steady"] = KeepAliveRawUpstream(answer)
     raws["expect"] = KeepAliveRawUpstream(answer)
-    upstreams = "".join(
-        f"  {name}:\n    url: {raw.url}\n    match: {{path_prefix: /{name}}}\n    timeout: 2s\n"
-        + ("    cache: {ttl: 60s}\n" if name.endswith("-cached") else "")
-        for name, raw in raws.items()
-    )
-    with Ambassador(tmp_path_factory.mktemp("hygiene"), f"upstreams:\n{upstreams}") as amb:
+    def route(name: str, raw: KeepAliveRawUpstream) -> dict:
+        sections = {"cache": {"ttl": "60s"}} if name.endswith("-cached") else {}
+        return upstream(name, raw.url, path_prefix=f"/{name}", timeout="2s", **sections)
+
+    with Ambassador(tmp_path_factory.mktemp("hygiene"), profile(*(route(name, raw) for name, raw in raws.items()))) as amb:
         yield amb, raws
         assert "Traceback" not in amb.output  # no misbehaviour left one
     for raw in raws.values():

@@ -9,19 +9,18 @@ from mitmproxy.test import taddons, tflow
 from addons.admin import AdminEndpoints
 from addons.forward import NoDirectUpstream, Router, attached
 from addons.profile_manager import ProfileManager
+from profiles import profile, upstream
 
 
-def profile(tmp_path):
-    path = tmp_path / "p.yaml"
-    path.write_text("upstreams:\n  app:\n    url: http://127.0.0.1:9\n    match: {path_prefix: /app, host: app.internal}\n")
-    return path
+def app_profile(tmp_path):
+    return profile(upstream("app", "http://127.0.0.1:9", path_prefix="/app", host="app.internal")).write(tmp_path / "p.yaml")
 
 
 def test_router_attaches_the_upstream_or_answers_itself(tmp_path):
     manager = ProfileManager()
     router = Router(manager)
     with taddons.context(ServerPlayback(), manager, router) as tctx:
-        tctx.configure(manager, ambassador_profile=str(profile(tmp_path)))
+        tctx.configure(manager, ambassador_profile=str(app_profile(tmp_path)))
 
         routed = tflow.tflow()
         routed.request.host, routed.request.port, routed.request.path = "app.internal", 80, "/v1?x=1"
@@ -42,7 +41,7 @@ def test_status_endpoint(tmp_path):
     manager = ProfileManager()
     admin = AdminEndpoints(manager)
     with taddons.context(ServerPlayback(), manager, admin) as tctx:
-        tctx.configure(manager, ambassador_profile=str(profile(tmp_path)))
+        tctx.configure(manager, ambassador_profile=str(app_profile(tmp_path)))
         flow = tflow.tflow()
         flow.request.path = "/_ambassador/status"
         admin.request(flow)
@@ -82,7 +81,7 @@ def test_a_raising_addon_still_gets_the_flow_answered(tmp_path):
         children = make_addons()
         container = AmbassadorAddons([children[0], Broken(), *children[1:]])
         with taddons.context(ServerPlayback(), container) as tctx:
-            tctx.configure(container, ambassador_profile=str(profile(tmp_path)))
+            tctx.configure(container, ambassador_profile=str(app_profile(tmp_path)))
             flow = tflow.tflow()
             flow.request.host, flow.request.port, flow.request.path = "app.internal", 80, "/x"
             await tctx.master.addons.handle_lifecycle(HttpRequestHook(flow))
@@ -127,7 +126,7 @@ def test_health_endpoint_once_a_profile_is_loaded(tmp_path):
         assert early.response.status_code == 503
         assert json.loads(early.response.content)["reason"] == "not_ready"
 
-        tctx.configure(container, ambassador_profile=str(profile(tmp_path)))
+        tctx.configure(container, ambassador_profile=str(app_profile(tmp_path)))
         admin = next(child for child in container.children if isinstance(child, AdminEndpoints))
         ready = tflow.tflow()
         ready.request.path = "/_ambassador/health?probe=1"
@@ -146,12 +145,8 @@ def test_files_read_by_the_profile_are_part_of_its_signature(tmp_path):
     from addons.profile_manager import files_signature
 
     (tmp_path / "key").write_text("one\n")
-    path = tmp_path / "p.yaml"
-    path.write_text(
-        "upstreams:\n  app:\n    url: http://127.0.0.1:9\n    match: {path_prefix: /app}\n"
-        "    auth: {type: header, name: X-Key, value: '${file:key}'}\n"
-    )
-    loaded = load_profile(path)
+    keyed = upstream("app", "http://127.0.0.1:9", path_prefix="/app", auth={"type": "header", "name": "X-Key", "value": "${file:key}"})
+    loaded = load_profile(profile(keyed).write(tmp_path / "p.yaml"))
     assert loaded.files_read == {tmp_path / "key"}
     before = files_signature((1, 1), loaded)
     (tmp_path / "key").write_text("rotated, and longer\n")

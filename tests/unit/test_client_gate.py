@@ -10,6 +10,7 @@ from mitmproxy.test import taddons, tflow
 from addons.client_gate import Arrival, ClientGate, refusal
 from addons.gateway import Gateway
 from addons.profile import load_profile
+from profiles import profile, upstream
 
 LISTENER = ("127.0.0.1", 8080)
 ORIGINS = frozenset({"https://app.example.com", "http://localhost:3000"})
@@ -100,13 +101,13 @@ def test_without_lists_only_the_ambassadors_own_pages_and_names_pass():
     assert refusal(arrival(origin="http://127.0.0.1:8080"), frozenset(), frozenset()) is None
 
 
-PROFILE = "upstreams:\n  app: {url: 'http://127.0.0.1:9', match: {path_prefix: /app, host: app.internal}}\nallowed_origins: [https://app.example.com]\n"
+PROFILE = profile(
+    upstream("app", "http://127.0.0.1:9", path_prefix="/app", host="app.internal"), allowed_origins=["https://app.example.com"]
+)
 
 
 def gate_flow(tmp_path, **headers):
-    file = tmp_path / "p.yaml"
-    file.write_text(PROFILE)
-    gate = ClientGate(SimpleNamespace(gateway=Gateway(load_profile(file))))  # the manager's running gateway
+    gate = ClientGate(SimpleNamespace(gateway=Gateway(load_profile(PROFILE.write(tmp_path / "p.yaml")))))  # the manager's running gateway
     flow = tflow.tflow()
     flow.client_conn.sockname = ("127.0.0.1", 8080)
     flow.request.host, flow.request.port, flow.request.path = "127.0.0.1", 8080, "/app/x"

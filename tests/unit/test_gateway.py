@@ -4,28 +4,25 @@ import dataclasses
 
 from addons.gateway import keeps_service
 from addons.profile import Match, load_profile
+from profiles import profile, upstream
 
 
-def upstream(tmp_path):
-    path = tmp_path / "p.yaml"
-    path.write_text(
-        "upstreams:\n  app:\n    url: http://127.0.0.1:9/v1\n    match: {path_prefix: /app}\n"
-        "    breaker: {fail_max: 2, reset_timeout: 1h}\n    cache: {ttl: 1h}\n"
-    )
-    return load_profile(path).upstreams["app"]
+def loaded_app(tmp_path):
+    app = upstream("app", "http://127.0.0.1:9/v1", path_prefix="/app", breaker={"fail_max": 2, "reset_timeout": "1h"}, cache={"ttl": "1h"})
+    return load_profile(profile(app).write(tmp_path / "p.yaml")).upstreams["app"]
 
 
 def test_an_unchanged_section_is_kept(tmp_path):
-    assert keeps_service(upstream(tmp_path), upstream(tmp_path))  # read twice: equal, not identical
+    assert keeps_service(loaded_app(tmp_path), loaded_app(tmp_path))  # read twice: equal, not identical
 
 
 def test_a_change_of_match_only_is_kept(tmp_path):
-    old = upstream(tmp_path)
+    old = loaded_app(tmp_path)
     assert keeps_service(old, dataclasses.replace(old, match=Match(path_prefix="/moved", host="app.internal")))
 
 
 def test_any_other_change_rebuilds_it(tmp_path):
-    old = upstream(tmp_path)
+    old = loaded_app(tmp_path)
     assert not keeps_service(old, dataclasses.replace(old, timeout=5.0))
     assert not keeps_service(old, dataclasses.replace(old, breaker=dataclasses.replace(old.breaker, fail_max=3)))
     assert not keeps_service(old, dataclasses.replace(old, cache=None))
