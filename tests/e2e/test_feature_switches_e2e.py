@@ -9,6 +9,7 @@ import pytest
 
 from harness import Ambassador, FakeUpstream, Reply, Switch
 from oauth_fakes import IdentityProvider
+from profiles import Profile, profile, upstream
 from webui import WebAmbassador
 
 
@@ -16,18 +17,11 @@ def cacheable(req) -> Reply:
     return Reply.json({"path": req.path}, headers=[("Cache-Control", "max-age=3600")])
 
 
-def profile(catalog: FakeUpstream, flaky: FakeUpstream) -> str:
-    return f"""
-upstreams:
-  catalog:
-    url: {catalog.url}
-    match: {{path_prefix: /catalog}}
-    cache: {{}}
-  flaky:
-    url: {flaky.url}
-    match: {{path_prefix: /flaky}}
-    retry: {{attempts: 3, backoff: 10ms, statuses: [503]}}
-"""
+def cached_and_retried(catalog: FakeUpstream, flaky: FakeUpstream) -> Profile:
+    return profile(
+        upstream("catalog", catalog.url, path_prefix="/catalog", cache={}),
+        upstream("flaky", flaky.url, path_prefix="/flaky", retry={"attempts": 3, "backoff": "10ms", "statuses": [503]}),
+    )
 
 
 def test_switched_off_on_the_command_line_every_request_reaches_the_upstream(tmp_path):
@@ -35,7 +29,7 @@ def test_switched_off_on_the_command_line_every_request_reaches_the_upstream(tmp
     flaky_answers.reply = Reply(503, body=b"busy")
     with FakeUpstream(cacheable) as catalog, FakeUpstream(flaky_answers) as flaky:
         with Ambassador(
-            tmp_path, profile(catalog, flaky), "--set", "ambassador_cache=false", "--set", "ambassador_retry=false"
+            tmp_path, cached_and_retried(catalog, flaky), "--set", "ambassador_cache=false", "--set", "ambassador_retry=false"
         ) as amb:
             for _ in range(3):
                 status, headers, _ = amb.get("/catalog/items")
@@ -78,22 +72,15 @@ def web(tmp_path_factory, idp):
     provider, api = idp
     partner = Partner()
     with FakeUpstream(cacheable) as catalog, FakeUpstream(partner) as paced:
-        text = f"""
-upstreams:
-  catalog:
-    url: {catalog.url}
-    match: {{path_prefix: /catalog}}
-    cache: {{}}
-  partner:
-    url: {api.url}
-    match: {{path_prefix: /partner}}
-    auth: {{type: oauth2_client_credentials, token_url: "{provider.url}/oauth/token", client_id: app, client_secret: s3cret}}
-  paced:
-    url: {paced.url}
-    match: {{path_prefix: /paced}}
-    limit: {{rate: 100/s, max_wait: 1s}}
-"""
-        with WebAmbassador(tmp_path_factory.mktemp("switches"), text) as amb:
+        built = profile(
+            upstream("catalog", catalog.url, path_prefix="/catalog", cache={}),
+            upstream(
+                "partner", api.url, path_prefix="/partner",
+                auth={"type": "oauth2_client_credentials", "token_url": f"{provider.url}/oauth/token", "client_id": "app", "client_secret": "s3cret"},
+            ),
+            upstream("paced", paced.url, path_prefix="/paced", limit={"rate": "100/s", "max_wait": "1s"}),
+        )
+        with WebAmbassador(tmp_path_factory.mktemp("switches"), built) as amb:
             yield amb, catalog, partner
 
 

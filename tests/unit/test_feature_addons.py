@@ -25,26 +25,28 @@ from addons.retry import Retry
 from addons.suite import make_addons
 from harness import FakeUpstream
 from oauth_fakes import IdentityProvider
+from profiles import Profile, profile, upstream
 
 SWITCHES = {Cache: "cache", Breaker: "breaker", Retry: "retry", Limit: "limit", Hedge: "hedge", Failover: "failover", Fallback: "fallback"}
 
-EVERY_FEATURE = """
-upstreams:
-  billing:
-    url: http://127.0.0.1:9/v2
-    match: {path_prefix: /billing}
-    auth: {type: bearer, token: secret-token}
-    cache: {ttl: 60s}
-    breaker: {fail_max: 5, reset_timeout: 1h}
-    retry: {attempts: 3, backoff: 10ms}
-    hedge: {after: 300ms, max: 1}
-    failover: [http://127.0.0.1:10/v2]
-    fallback: {status: 200, body: '{"items": []}'}
-    limit: {rate: 50/s, follow_upstream: true}
-  plain:
-    url: http://127.0.0.1:11
-    match: {path_prefix: /plain}
-"""
+def every_feature(ttl: str = "60s") -> Profile:
+    return profile(
+        upstream(
+            "billing", "http://127.0.0.1:9/v2", path_prefix="/billing",
+            auth={"type": "bearer", "token": "secret-token"},
+            cache={"ttl": ttl},
+            breaker={"fail_max": 5, "reset_timeout": "1h"},
+            retry={"attempts": 3, "backoff": "10ms"},
+            hedge={"after": "300ms", "max": 1},
+            failover=["http://127.0.0.1:10/v2"],
+            fallback={"status": 200, "body": '{"items": []}'},
+            limit={"rate": "50/s", "follow_upstream": True},
+        ),
+        upstream("plain", "http://127.0.0.1:11", path_prefix="/plain"),
+    )
+
+
+EVERY_FEATURE = every_feature()
 
 
 def in_loop(scenario):
@@ -58,10 +60,8 @@ def in_loop(scenario):
     return test
 
 
-def write(tmp_path, text: str, name: str = "p.yaml"):
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
+def write(tmp_path, built: Profile, name: str = "p.yaml") -> str:
+    return str(built.write(tmp_path / name))
 
 
 def features(manager: ProfileManager) -> list:
@@ -145,7 +145,7 @@ def test_a_new_profile_runs_with_the_features_switched_off(tmp_path):
         tctx.configure(cache, ambassador_cache=False)
         old = manager.gateway.services["billing"]
 
-        changed = EVERY_FEATURE.replace("ttl: 60s", "ttl: 30s")  # rebuilds billing's service
+        changed = every_feature(ttl="30s")  # rebuilds billing's service
         tctx.configure(manager, ambassador_profile=write(tmp_path, changed, "q.yaml"))
         new = manager.gateway.services["billing"]
         assert new is not old and new.stage("cache") is not None
@@ -180,21 +180,15 @@ def idp():
         yield provider
 
 
-def oauth_profile(idp) -> str:
-    return f"""
-upstreams:
-  partner:
-    url: http://127.0.0.1:9
-    match: {{path_prefix: /partner}}
-    auth: {{type: oauth2_client_credentials, token_url: "{idp.url}/oauth/token", client_id: app, client_secret: s3cret}}
-  fixed:
-    url: http://127.0.0.1:10
-    match: {{path_prefix: /fixed}}
-    auth: {{type: bearer, token: secret-token}}
-  open:
-    url: http://127.0.0.1:11
-    match: {{path_prefix: /open}}
-"""
+def oauth_profile(idp) -> Profile:
+    return profile(
+        upstream(
+            "partner", "http://127.0.0.1:9", path_prefix="/partner",
+            auth={"type": "oauth2_client_credentials", "token_url": f"{idp.url}/oauth/token", "client_id": "app", "client_secret": "s3cret"},
+        ),
+        upstream("fixed", "http://127.0.0.1:10", path_prefix="/fixed", auth={"type": "bearer", "token": "secret-token"}),
+        upstream("open", "http://127.0.0.1:11", path_prefix="/open"),
+    )
 
 
 @in_loop
@@ -233,21 +227,16 @@ def test_auth_refresh_refuses_what_has_no_token(tmp_path, idp):
 
 # --- ambassador.limit.resume ------------------------------------------------------------------
 
-LIMITED = """
-upstreams:
-  partner:
-    url: http://127.0.0.1:9
-    match: {path_prefix: /partner}
-    timeout: 30s
-    limit: {rate: 100/s, max_wait: 1h}
-  deaf:
-    url: http://127.0.0.1:10
-    match: {path_prefix: /deaf}
-    limit: {rate: 100/s, follow_upstream: false}
-  open:
-    url: http://127.0.0.1:11
-    match: {path_prefix: /open}
-"""
+def limited(state: str | None = None) -> Profile:
+    return profile(
+        upstream("partner", "http://127.0.0.1:9", path_prefix="/partner", timeout="30s", limit={"rate": "100/s", "max_wait": "1h"}),
+        upstream("deaf", "http://127.0.0.1:10", path_prefix="/deaf", limit={"rate": "100/s", "follow_upstream": False}),
+        upstream("open", "http://127.0.0.1:11", path_prefix="/open"),
+        state=state,
+    )
+
+
+LIMITED = limited()
 
 
 @in_loop
@@ -291,7 +280,7 @@ def test_limit_resume_refuses_an_upstream_that_cannot_pause(tmp_path):
 
 @in_loop
 async def test_limit_resume_ends_the_pause_for_every_instance_sharing_the_state(tmp_path, redis):
-    shared = LIMITED.replace("upstreams:", f"state: {redis.url}\nupstreams:", 1)
+    shared = limited(state=redis.url)
     manager = ProfileManager()
     limit = Limit(manager)
     with taddons.context(manager, limit) as tctx:
