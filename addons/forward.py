@@ -130,8 +130,13 @@ class Forwarder:
 
 
     async def exchange(self, flow: http.HTTPFlow, handling) -> UpstreamResponse:
+        # A task of its own, so that the client going away cancels it (not mitmproxy's task
+        # running the hook). Started eagerly: what needs no I/O (a cache hit, a refusal) is
+        # done before this returns, without waiting for a turn of the event loop.
+        task = asyncio.Task(handling, loop=asyncio.get_running_loop(), eager_start=True)
+        if task.done():
+            return task.result()
         client = flow.client_conn.id
-        task = asyncio.get_running_loop().create_task(handling)
         tasks = self.exchanges.setdefault(client, set())
         tasks.add(task)
         try:
