@@ -15,7 +15,7 @@ from mitmproxy import command, ctx, exceptions
 from . import metrics
 from .defaults import body_size_limit, refuse_start
 from .gateway import Gateway
-from .profile import PROFILES_DIR, Profile, ProfileError, load_profile, resolve_profile_name
+from .profile import PROFILES_DIR, NeedsNetwork, Profile, ProfileError, load_profile, resolve_profile_name
 
 log = logging.getLogger("ambassador")
 
@@ -47,6 +47,8 @@ class ProfileManager:
         self.reported_missing = False  # the profile file is gone (logged once)
         self.watcher: asyncio.Task | None = None
         self.refused_at_startup = False
+        self.swaps = 0  # swaps asked for: a profile loading in the background installs only if still the last
+        self.loading: set[asyncio.Task] = set()  # profiles loading in the background
 
     def load(self, loader):
         loader.add_option(
@@ -79,10 +81,34 @@ class ProfileManager:
             raise exceptions.OptionsError(f"profile refused, keeping the running one:\n{e}") from None
 
     def swap(self, path: Path) -> None:
-        """Load `path` and make it the running profile; raises ProfileError and keeps the old one."""
+        """Load `path` and make it the running profile; raises ProfileError and keeps the old one.
+
+        Once the ambassador runs, a profile that names a document to fetch (a WSDL by URL) is
+        loaded in a thread instead: waiting on the network here would hold up every request.
+        It is installed, or refused and the option set back, when the fetch is done."""
+        self.swaps += 1
         signature = _signature(path)
-        profile = load_profile(path)
+        try:
+            profile = load_profile(path, fetch=self.watcher is None)
+        except NeedsNetwork as e:
+            log.warning("profile %s names %s: fetching in the background, the running profile stays meanwhile", path, ", ".join(e.urls))
+            task = asyncio.get_running_loop().create_task(self.load_fetching(path, signature, self.swaps))
+            self.loading.add(task)
+            task.add_done_callback(self.loading.discard)
+            return
         self.install(profile, files_signature(signature, profile))
+
+    async def load_fetching(self, path: Path, signature: tuple[int, int] | None, swap: int) -> None:
+        try:
+            profile = await asyncio.to_thread(load_profile, path)
+        except ProfileError as e:
+            if swap == self.swaps:  # not overtaken by another swap meanwhile
+                self.refused(e)
+                if path != self.gateway.profile.path:
+                    ctx.options.update(ambassador_profile=str(self.gateway.profile.path))
+            return
+        if swap == self.swaps:
+            self.install(profile, files_signature(signature, profile))
 
     def current_signature(self) -> tuple:
         profile = self.gateway.profile
@@ -113,6 +139,8 @@ class ProfileManager:
     def done(self):
         if self.watcher:
             self.watcher.cancel()
+        for task in self.loading:
+            task.cancel()
 
     async def watch(self) -> None:
         """Pick up edits of the loaded profile file, and of the files it reads, by themselves."""

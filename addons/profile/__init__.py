@@ -18,7 +18,7 @@ from .model import (
     SIZE_RE, SUBSTITUTION_RE, VARIABLE_RE, PLACEHOLDER_RE, QUERY_PLACEHOLDER,
     PART_PLACEHOLDER_RE, HEADER_NAME_RE, SIZE_UNITS, DURATION_UNITS, HTTP_METHODS, ADMIN_PREFIX,
     PROFILES_DIR, AGGREGATE_ERRORS_KEY, Keys, keys_of, SECTIONS, AUTH_TYPES, DEFAULTED_SECTIONS,
-    ProfileError, UpstreamURL, origin_text, normal_origin, Match, TLSPolicy, EgressProxy,
+    NeedsNetwork, ProfileError, UpstreamURL, origin_text, normal_origin, Match, TLSPolicy, EgressProxy,
     BearerAuth, HeaderAuth, QueryAuth, BasicAuth, OAuth2ClientCredentials, AuthPolicy,
     CachePolicy, BreakerPolicy, RetryPolicy, LimitPolicy, AsyncPolicy, SoapPolicy, HedgePolicy,
     FallbackAnswer, Upstream, AggregatePart, Aggregate, Profile,

@@ -14,7 +14,7 @@ import yaml
 
 from .model import (
     ADMIN_PREFIX, AGGREGATE_ERRORS_KEY, Aggregate, AggregatePart, PART_PLACEHOLDER_RE,
-    PLACEHOLDER_RE, Profile, ProfileError, QUERY_PLACEHOLDER, SECTIONS, Upstream,
+    NeedsNetwork, PLACEHOLDER_RE, Profile, ProfileError, QUERY_PLACEHOLDER, SECTIONS, Upstream,
 )
 from .reading import Reader, join
 from .sections import read_list, read_upstream
@@ -98,9 +98,11 @@ def check_routes(r: Reader, upstreams: Mapping[str, Upstream]) -> None:
             seen[value] = upstream.name
 
 
-def parse_profile(document: Any, path: Path) -> Profile:
-    """Validate a parsed YAML document; raises ProfileError listing every problem."""
-    r = Reader(path.parent)
+def parse_profile(document: Any, path: Path, fetch: bool = True) -> Profile:
+    """Validate a parsed YAML document; raises ProfileError listing every problem. With
+    `fetch` false, a valid profile naming a document by URL raises NeedsNetwork instead of
+    fetching it."""
+    r = Reader(path.parent, fetch)
     if document is None:
         raise ProfileError(str(path), [("upstreams", "is required (the profile is empty)")])
     top = r.section(document, "", SECTIONS["profile"])
@@ -124,6 +126,8 @@ def parse_profile(document: Any, path: Path) -> Profile:
     aggregates = read_aggregates(r, top["aggregates"], {str(n) for n in raw_upstreams or ()}) if "aggregates" in top else {}
     if r.problems:
         raise ProfileError(str(path), r.problems)
+    if r.to_fetch:
+        raise NeedsNetwork(str(path), r.to_fetch)
     return Profile(
         path=path,
         upstreams=MappingProxyType(upstreams),
@@ -179,8 +183,9 @@ def read_yaml(source: str, file: str) -> Any:
         loader.dispose()
 
 
-def load_profile(path: str | os.PathLike) -> Profile:
-    """Read and validate a profile file; raises ProfileError."""
+def load_profile(path: str | os.PathLike, fetch: bool = True) -> Profile:
+    """Read and validate a profile file; raises ProfileError (and NeedsNetwork, see
+    parse_profile)."""
     file = Path(path).resolve()
     try:
         source = file.read_text(encoding="utf-8")
@@ -188,7 +193,7 @@ def load_profile(path: str | os.PathLike) -> Profile:
         raise ProfileError(str(file), [("", f"cannot read the profile: {e.strerror}")]) from None
     except UnicodeDecodeError as e:
         raise ProfileError(str(file), [("", f"cannot read the profile: not UTF-8 text ({e.reason} at byte {e.start})")]) from None
-    return parse_profile(read_yaml(source, str(file)), file)
+    return parse_profile(read_yaml(source, str(file)), file, fetch)
 
 
 def resolve_profile_name(name: str, profiles_dir: Path) -> Path:

@@ -80,6 +80,16 @@ AUTH_TYPES = tuple(name.removeprefix("auth_") for name in SECTIONS if name.start
 DEFAULTED_SECTIONS = frozenset({"tls", "cache", "breaker", "retry", "async", "limit", "hedge"})
 
 
+class NeedsNetwork(Exception):
+    """The profile is valid as far as it was read without the network, but it names documents
+    to fetch (a WSDL by URL): load it again where waiting on the network blocks nothing."""
+
+    def __init__(self, file: str, urls: list[str]):
+        self.file = file
+        self.urls = urls
+        super().__init__(f"{file} names {', '.join(urls)}, to fetch before it can be used")
+
+
 class ProfileError(Exception):
     """A profile that cannot be used; `problems` are (key path, message) pairs."""
 

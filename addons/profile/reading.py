@@ -19,10 +19,12 @@ MISSING = object()
 class Reader:
     """Walks the YAML tree, converting values and collecting problems with their key paths."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, fetch: bool = True):
         self.folder = folder
         self.problems: list[tuple[str, str]] = []
         self.files_read: set[Path] = set()
+        self.fetch = fetch  # False: documents named by URL are noted in `to_fetch`, not fetched
+        self.to_fetch: list[str] = []
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append((path, message))

@@ -204,7 +204,9 @@ def read_soap(r: Reader, node: Any, path: str) -> SoapPolicy | None:
     action = r.value(s, path, "action", soap_action_template, SoapPolicy.action)
     wsdl = r.value(s, path, "wsdl", lambda v: wsdl_location(r, v))
     schema = None
-    if wsdl and version:
+    if wsdl and version and not r.fetch and "://" in wsdl:
+        r.to_fetch.append(wsdl)
+    elif wsdl and version:
         from ..wsdl import WsdlError, load_wsdl  # zeep loads only for profiles that name a WSDL
 
         try:

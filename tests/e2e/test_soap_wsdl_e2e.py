@@ -2,13 +2,15 @@
 service (spyne, tests/spyne_server.py) under SOAP 1.1 and 1.2."""
 
 import json
+import time
 import urllib.request
 
 import pytest
 
-from harness import Ambassador
+from harness import Ambassador, FakeUpstream, Reply
 from profiles import profile, upstream
 from spyne_server import NS, SpyneService
+from webui import WebAmbassador
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +104,44 @@ def test_soap_12_fault_carries_the_subcode(amb):
     assert payload["faultcode"] == "Sender/Bad"
     assert payload["faultstring"] == "order 0 does not exist"
 
+
+
+# --- a profile naming a WSDL by URL, swapped in while running ------------------------------------
+
+
+def with_orders(plain: FakeUpstream, service: SpyneService, wsdl_url: str):
+    return profile(
+        upstream("plain", plain.url, path_prefix="/plain"),
+        upstream("orders", service.url, path_prefix="/orders", soap={"namespace": NS, "wsdl": wsdl_url}),
+    )
+
+
+def test_a_wsdl_url_of_a_new_profile_is_fetched_without_holding_up_requests(services, tmp_path):
+    wsdl = urllib.request.urlopen(services["1.1"].url + "?wsdl").read()
+    slow = Reply(200, [("Content-Type", "text/xml")], wsdl, delay=2.0)
+    with FakeUpstream(lambda req: slow) as wsdl_server, FakeUpstream() as plain:
+        with WebAmbassador(tmp_path, profile(upstream("plain", plain.url, path_prefix="/plain"))) as amb:
+            second = with_orders(plain, services["1.1"], f"{wsdl_server.url}/orders.wsdl").write(tmp_path / "second.yaml")
+            start = len(amb.lines)
+            asked = time.monotonic()
+            assert "error" not in amb.command("ambassador.profile", str(second))
+            assert amb.get("/plain/x")[0] == 200
+            # Both answered while the WSDL was still on its way (2 s): nothing waited for it.
+            assert time.monotonic() - asked < 1.5
+            assert amb.status()["profile"] == str(amb.profile_path)  # the running one, meanwhile
+            amb.wait_for_log(r"profile .*second\.yaml loaded", start=start)
+            assert post(amb, "/orders/GetOrder", CALL)[0] == 200
+            assert wsdl_server.received[0].path == "/orders.wsdl"
+
+
+def test_a_new_profile_whose_wsdl_url_fails_is_refused_and_the_option_set_back(services, tmp_path):
+    with FakeUpstream(lambda req: Reply(404, body=b"gone", delay=0.5)) as wsdl_server, FakeUpstream() as plain:
+        with WebAmbassador(tmp_path, profile(upstream("plain", plain.url, path_prefix="/plain"))) as amb:
+            second = with_orders(plain, services["1.1"], f"{wsdl_server.url}/orders.wsdl").write(tmp_path / "second.yaml")
+            start = len(amb.lines)
+            assert amb.web_request("PUT", "/options", {"ambassador_profile": str(second)})[0] == 200
+            amb.wait_for_log(r"upstreams\.orders\.soap\.wsdl: cannot read the WSDL", start=start)
+            assert amb.status()["profile"] == str(amb.profile_path)
+            status, options = amb.web_request("GET", "/options")
+            assert status == 200 and options["ambassador_profile"]["value"] == str(amb.profile_path)
+            assert amb.get("/plain/x")[0] == 200

@@ -16,6 +16,7 @@ from addons.profile import (
     CachePolicy,
     HeaderAuth,
     Match,
+    NeedsNetwork,
     OAuth2ClientCredentials,
     ProfileError,
     QueryAuth,
@@ -567,6 +568,25 @@ def test_a_broken_wsdl_is_a_problem_at_its_key(folder, content, problem):
     error = refused(write(folder, profile("soap: {namespace: 'urn:x', wsdl: ping.wsdl}\n")))
     assert [path for path, _ in error.problems] == ["upstreams.billing.soap.wsdl"]
     assert problem in error.problems[0][1]
+
+
+def test_without_fetching_a_wsdl_url_is_named_not_fetched(folder):
+    """Where waiting on the network would block (a running ambassador), the loader says what
+    there is to fetch instead; a local WSDL file is still read."""
+    (folder / "ping.wsdl").write_text(WSDL)
+    text = profile("soap: {namespace: 'urn:x', wsdl: 'http://127.0.0.1:9/ping?wsdl'}\n")
+    with pytest.raises(NeedsNetwork) as needs:
+        load_profile(write(folder, text), fetch=False)
+    assert needs.value.urls == ["http://127.0.0.1:9/ping?wsdl"]
+    local = load_profile(write(folder, profile("soap: {namespace: 'urn:x', wsdl: ping.wsdl}\n")), fetch=False)
+    assert local.upstreams["billing"].soap.schema.operations["Ping"].action == "urn:x:ping"
+
+
+def test_without_fetching_the_other_problems_are_reported_first(folder):
+    text = profile("timeout: soon\nsoap: {namespace: 'urn:x', wsdl: 'http://127.0.0.1:9/ping?wsdl'}\n")
+    with pytest.raises(ProfileError) as error:
+        load_profile(write(folder, text), fetch=False)
+    assert [path for path, _ in error.value.problems] == ["upstreams.billing.timeout"]
 
 
 def test_a_wsdl_without_a_binding_for_the_version_is_a_problem(folder):
