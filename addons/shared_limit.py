@@ -102,7 +102,8 @@ class SharedPace:
             round(hold_longest * 1000),
         ]
         # Names of this instance's requests in the held set: unique across instances.
-        self.names = (f"{os.getpid()}:{id(self):x}:{time.time_ns():x}:{n}" for n in itertools.count())
+        prefix = f"{os.getpid()}:{id(self):x}:{time.time_ns():x}:"
+        self.names = (f"{prefix}{n}" for n in itertools.count())
         self.script = client.register_script(SCRIPT)
         self.offset = 0.0  # this instance's wall clock minus Redis' clock, in seconds
 

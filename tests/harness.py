@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -347,6 +348,32 @@ def listening_addresses(port: int) -> list[str]:
                 if state == "0A" and int(local_port, 16) == port:  # 0A: LISTEN
                     found.append(address)
     return found
+
+
+class TlsHangUp:
+    """A TLS server that hangs up right after the handshake, with no alert: how some servers
+    refuse a missing client certificate. `context` holds its certificate."""
+
+    def __init__(self, context: ssl.SSLContext):
+        self.context = context
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.unwrap()  # handshake done, then hang up at once
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 class RawUpstream:

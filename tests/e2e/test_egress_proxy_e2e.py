@@ -9,9 +9,7 @@ settings inside, proxy credentials, and the proxy's failures. The upstreams are 
 
 import base64
 import json
-import socket
 import ssl
-import threading
 from urllib.parse import quote
 
 import pytest
@@ -19,7 +17,7 @@ import trustme
 from mitmproxy import io
 
 from egress_proxy import EgressProxy
-from harness import Ambassador, FakeUpstream, Received, Reply, echo, free_port
+from harness import Ambassador, FakeUpstream, Received, Reply, TlsHangUp, echo, free_port
 from oauth_fakes import IdentityProvider
 from profiles import Profile, profile, upstream
 from test_tls_e2e import https_upstream
@@ -50,23 +48,9 @@ def hang_up(pki):
     refuse a missing client certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     pki["partner_ca"].issue_cert("strict.partner.test").configure_cert(context)
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                with context.wrap_socket(conn, server_side=True) as tls:
-                    tls.unwrap()
-            except (OSError, ValueError):
-                pass
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield f"https://strict.partner.test:{listener.getsockname()[1]}"
-    listener.close()
+    server = TlsHangUp(context)
+    yield f"https://strict.partner.test:{server.port}"
+    server.close()
 
 
 @pytest.fixture(scope="module")

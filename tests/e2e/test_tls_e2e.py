@@ -12,7 +12,7 @@ import time
 import pytest
 import trustme
 
-from harness import Ambassador, FakeUpstream, Received, Reply, echo, run_sh
+from harness import Ambassador, FakeUpstream, Received, Reply, TlsHangUp, echo, run_sh
 from oauth_fakes import IdentityProvider
 from profiles import profile, upstream
 
@@ -180,28 +180,11 @@ def test_a_broken_exchange_after_a_good_handshake_is_not_blamed_on_tls(amb):
 
 def test_a_server_that_hangs_up_after_the_handshake_gets_a_client_certificate_hint(pki, tmp_path):
     """Some servers refuse a missing client certificate by closing, without a TLS alert."""
-    import socket
-    import threading
-
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     pki["partner_ca"].issue_cert("127.0.0.1").configure_cert(context)
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                with context.wrap_socket(conn, server_side=True) as tls:
-                    tls.unwrap()  # handshake done, then hang up at once
-            except (OSError, ValueError):
-                pass
-
-    threading.Thread(target=serve, daemon=True).start()
+    server = TlsHangUp(context)
     (tmp_path / "ca.pem").write_bytes(pki["partner_ca"].cert_pem.bytes())
-    url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+    url = f"https://127.0.0.1:{server.port}"
     strict = upstream("strict", url, path_prefix="/strict", tls={"ca": "ca.pem"}, timeout="3s")
     try:
         with Ambassador(tmp_path, profile(strict)) as amb:
@@ -211,4 +194,4 @@ def test_a_server_that_hangs_up_after_the_handshake_gets_a_client_certificate_hi
             assert "TLS handshake with upstream strict failed" in answer["error"]
             assert "client certificate" in answer["error"]
     finally:
-        listener.close()
+        server.close()
